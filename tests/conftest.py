@@ -1,0 +1,98 @@
+"""Shared fixtures: real PostgreSQL (a fresh schema per test), SQLite files, the local fake ESI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Callable, Iterator
+
+import asyncpg
+import pytest
+from tornado.ioloop import IOLoop
+
+from tornado_admin.fake_esi import FakeEsi
+from tornado_admin.market.orders import OrderStore, open_order_store
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def require_service(name: str, error: BaseException) -> None:
+    """Skip locally when a server is absent; in CI that is a failure, never a silent skip."""
+    message = f"{name} is not reachable ({type(error).__name__}: {error})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must provide it", pytrace=False)
+    pytest.skip(message)
+
+
+class FakeClock:
+    """The injected clock of tests: time moves only when a test says so."""
+
+    def __init__(self, start_ms: int = 1_780_000_000_000) -> None:
+        self.ms = start_ms
+
+    def now_ms(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += round(seconds * 1000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a schema made for this test alone."""
+    schema = f"t_{secrets.token_hex(6)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f"CREATE SCHEMA {schema}"))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        require_service("PostgreSQL at " + POSTGRES_URL, exc)
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}search_path={schema}"
+    asyncio.run(admin(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/market.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request) -> str:
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def order_store(io_loop: IOLoop, database_url: str) -> Iterator[OrderStore]:
+    store = io_loop.run_sync(lambda: open_order_store(database_url, max_writers=8))
+    yield store
+    io_loop.run_sync(store.close)
+
+
+@pytest.fixture
+def fake_esi(io_loop: IOLoop) -> Iterator[Callable[..., FakeEsi]]:
+    """Start a FakeEsi on the test's loop: `esi = fake_esi({region_id: orders, ...}, **options)`."""
+    started: list[FakeEsi] = []
+
+    def start(regions, **options) -> FakeEsi:
+        server = FakeEsi(regions, **options)
+        io_loop.run_sync(server.start)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        io_loop.run_sync(server.stop)
