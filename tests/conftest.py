@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -14,6 +17,7 @@ from tornado.ioloop import IOLoop
 from tornado_admin.fake_esi import FakeEsi
 from tornado_admin.market.orders import OrderStore, open_order_store
 
+T = TypeVar("T")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -24,6 +28,13 @@ def require_service(name: str, error: BaseException) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI must provide it", pytrace=False)
     pytest.skip(message)
+
+
+def run_aside(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end on a loop of its own in another thread, leaving the test's
+    loop (pytest-tornado's io_loop, current in this thread) untouched."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class FakeClock:
@@ -37,6 +48,24 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.ms += round(seconds * 1000)
+
+
+@pytest.fixture(autouse=True)
+def _close_leftover_event_loop() -> Iterator[None]:
+    """Tornado's make_current() (called by pytest-tornado's io_loop) remembers the thread's asyncio
+    loop, creating one if there was none, and clear_current() sets it back: nobody closes it, and
+    its sockets would be reported as leaked by whichever later test happens to collect them."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:  # none set, and the policy will not make one: nothing leaked
+            return
+    if not loop.is_running():
+        loop.close()
+        policy.set_event_loop(None)
 
 
 @pytest.fixture
@@ -57,12 +86,12 @@ def postgres_url() -> Iterator[str]:
             await conn.close()
 
     try:
-        asyncio.run(admin(f"CREATE SCHEMA {schema}"))
+        run_aside(admin(f"CREATE SCHEMA {schema}"))
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         require_service("PostgreSQL at " + POSTGRES_URL, exc)
     separator = "&" if "?" in POSTGRES_URL else "?"
     yield f"{POSTGRES_URL}{separator}search_path={schema}"
-    asyncio.run(admin(f"DROP SCHEMA {schema} CASCADE"))
+    run_aside(admin(f"DROP SCHEMA {schema} CASCADE"))
 
 
 @pytest.fixture
@@ -83,13 +112,13 @@ def order_store(io_loop: IOLoop, database_url: str) -> Iterator[OrderStore]:
 
 
 @pytest.fixture
-def fake_esi(io_loop: IOLoop) -> Iterator[Callable[..., FakeEsi]]:
-    """Start a FakeEsi on the test's loop: `esi = fake_esi({region_id: orders, ...}, **options)`."""
+def fake_esi(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[FakeEsi]]]:
+    """Start a FakeEsi on the test's loop: `esi = await fake_esi({region_id: orders}, **options)`."""
     started: list[FakeEsi] = []
 
-    def start(regions, **options) -> FakeEsi:
+    async def start(regions, **options) -> FakeEsi:
         server = FakeEsi(regions, **options)
-        io_loop.run_sync(server.start)
+        await server.start()
         started.append(server)
         return server
 

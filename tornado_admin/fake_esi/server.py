@@ -86,6 +86,8 @@ class FakeEsi:
         self._bucket = TokenBucket(bucket_tokens, bucket_window_seconds)
         self._injections = faults.InjectionQueue()
         self.requests: list[RequestRecord] = []
+        self._in_flight = 0
+        self.max_in_flight = 0  # most requests held at once (latency included), for client tests
         self._by_status: Counter[int] = Counter()
         self._bytes_sent = 0
         self._runner: web.AppRunner | None = None
@@ -248,14 +250,19 @@ class FakeEsi:
             region_id, page,
         )  # fmt: skip
         self.requests.append(record)
-        if self._latency_seconds > 0:
-            await asyncio.sleep(self._latency_seconds)
-        with self._lock:  # no await inside: each decision sees and leaves a consistent state
-            reply = self._decide(request, record, market, known)
-            if isinstance(reply, _Reply):
-                record.status = reply.status
-                self._by_status[reply.status] += 1
-                self._bytes_sent += len(reply.body or b"")
+        self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            if self._latency_seconds > 0:
+                await asyncio.sleep(self._latency_seconds)
+            with self._lock:  # no await inside: each decision sees and leaves a consistent state
+                reply = self._decide(request, record, market, known)
+                if isinstance(reply, _Reply):
+                    record.status = reply.status
+                    self._by_status[reply.status] += 1
+                    self._bytes_sent += len(reply.body or b"")
+        finally:
+            self._in_flight -= 1
         if isinstance(reply, _Reply):
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         if reply == "hang" and self._release is not None:
