@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextmanager
 def fake_esi(*args: str) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tornado_admin.fake_esi", "--port", "0", *args],
+        # Unlimited tokens: a benchmark sweeps more often than ESI's bucket allows.
+        [sys.executable, "-m", "tornado_admin.fake_esi", "--port", "0", "--bucket-tokens", str(10**9), *args],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     try:

@@ -39,6 +39,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--page-size", type=int, default=1000)
     p.add_argument("--error-limit", type=int, default=100)
+    p.add_argument("--bucket-tokens", type=int, default=12_000,
+                   help="rate-limit tokens per 15 minutes (benchmarks need more)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -63,6 +65,7 @@ def build(args: argparse.Namespace) -> FakeEsi:
         seed=args.seed,
         page_size=args.page_size,
         error_limit=args.error_limit,
+        bucket_tokens=args.bucket_tokens,
     )
 
 

@@ -1,0 +1,243 @@
+"""The `JobStore` contract: job state shared by every process and instance that runs the jobs.
+
+Every implementation (memory, SQLite, Redis) honours these docstrings; they are the contract, and
+the implementations do not repeat them. `open_store(url)` picks one by URL scheme.
+
+Vocabulary:
+- A *job name* is a kind of work ("fetch-market-data"); a *job* is one run of it, with an id.
+- A running job holds a *lease* until `expires_ms`. The lease is live while `now_ms < expires_ms`
+  and lapsed from `expires_ms` on. The runner renews it every third of its length; a job whose
+  lease lapsed (its process died or froze) is *abandoned*: it is recorded `failed` with error
+  "abandoned" and no longer blocks a new run.
+- Time is the injected clock's `now_ms()` (epoch milliseconds), computed by the caller's process
+  and stored as data, so one fake clock drives every backend in tests. Key expiry (Redis) may
+  collect garbage but is never the lease clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+ABANDONED = "abandoned"
+# Job ids are secrets.token_urlsafe(16): 22 characters of this alphabet. An id of any other shape
+# cannot exist, so callers may answer "not found" without asking the store.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
+SCHEMES = {
+    "memory": ("backends.memory", "MemoryJobStore"),
+    "sqlite": ("backends.sqlite", "SqliteJobStore"),
+    "redis": ("backends.redis", "RedisJobStore"),
+    "rediss": ("backends.redis", "RedisJobStore"),
+}
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch."""
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+class JobStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Trigger(enum.StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    CRON = "cron"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One run of a job, as stored. Finished jobs never change."""
+
+    job_id: str
+    job_name: str
+    trigger: Trigger
+    status: JobStatus
+    started_ms: int
+    completed_ms: int | None = None
+    lease_expires_ms: int | None = None  # set while running
+    progress: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof of owning a running job: only the holder of `token` may renew or finish it."""
+
+    job_id: str
+    job_name: str
+    token: str
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    lease: Lease
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyRunning:
+    job: Job  # the live running job of that name
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodClaimed:
+    period: int  # a scheduled run of this period was already started (by any instance)
+
+
+StartOutcome = Started | AlreadyRunning | PeriodClaimed
+
+
+class JobStoreError(Exception):
+    """Root of the store's errors."""
+
+
+class StoreUnavailableError(JobStoreError):
+    """The store cannot be reached or is locked past its timeout. Nothing was changed; the
+    caller may retry later (the API answers 503 with Retry-After)."""
+
+
+class LeaseLostError(JobStoreError):
+    """The lease is no longer the caller's: it lapsed and the job was recorded abandoned (maybe
+    a newer run started since), or the job was finished. The caller must stop the work."""
+
+
+class JobNotFoundError(JobStoreError):
+    """No job with that id: never issued, or dropped from the capped history."""
+
+
+class JobStore(ABC):
+    """Job state. Every state change is one atomic step across coroutines, processes and
+    instances sharing the store: memory has no `await` between its read and its write, SQLite
+    uses one transaction (`BEGIN IMMEDIATE`), Redis one Lua script."""
+
+    def __init__(self, clock: Clock, history_limit: int) -> None:
+        self.clock = clock
+        self.history_limit = history_limit
+
+    @abstractmethod
+    async def start(
+        self, job_name: str, trigger: Trigger, *, lease_ms: int, period: int | None = None
+    ) -> StartOutcome:
+        """Record a new running job of `job_name` and return its lease, unless one is running.
+
+        Atomically:
+        1. A running job of that name whose lease has lapsed is recorded `failed` ("abandoned"),
+           `completed_ms` = its lease expiry.
+        2. If a running job of that name remains (its lease is live), return `AlreadyRunning`
+           with it; nothing is written.
+        3. If `period` is given (scheduled runs: `now // interval`) and a run was already started
+           for that period or a later one, return `PeriodClaimed`; nothing is written.
+           Otherwise the period is claimed with the start.
+        4. Otherwise record the job `running`, with a new random id (`JOB_ID_PATTERN`), a lease of
+           `lease_ms` from now, and return `Started`.
+        Exactly one of any number of concurrent starts of one name wins. Finished jobs beyond
+        `history_limit` per name are dropped, oldest first.
+        Raises `StoreUnavailableError`.
+        """
+
+    @abstractmethod
+    async def renew(
+        self, lease: Lease, *, lease_ms: int, progress: Mapping[str, Any] | None = None
+    ) -> Lease:
+        """Extend a live lease to `lease_ms` from now and store `progress` if given; return the
+        new lease. Raises `LeaseLostError` if the lease lapsed (even if nobody noticed yet: the
+        job is then recorded abandoned) or the job is no longer running. Raises
+        `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def finish(
+        self,
+        lease: Lease,
+        *,
+        status: JobStatus,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Job:
+        """Record the job `completed` (with `result`) or `failed` (with `error`), now; return it.
+        Only for a live lease: a lapsed one raises `LeaseLostError` and the job is recorded
+        abandoned instead. Raises `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> Job:
+        """The job with that id, from the running job or the history. A running job whose lease
+        lapsed is reported (and recorded) `failed` "abandoned". Raises `JobNotFoundError`,
+        `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def list(self, job_name: str | None = None, *, limit: int = 20) -> list[Job]:
+        """Recent jobs (of one name, or all), newest start first, at most `limit`. Lapsed
+        running jobs are reported abandoned as in `get`. Raises `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def current(self, job_name: str) -> Job | None:
+        """The running job of that name with a live lease, or None (a lapsed one is recorded
+        abandoned). Raises `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def last_success(self, job_name: str) -> Job | None:
+        """The most recently completed job of that name, kept even when the history no longer
+        holds it; None if there never was one. Raises `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return if the store answers; raise `StoreUnavailableError` otherwise."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections. The store is not used afterwards."""
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def new_lease_token() -> str:
+    return secrets.token_hex(16)
+
+
+def is_job_id(value: str) -> bool:
+    return JOB_ID_PATTERN.fullmatch(value) is not None
+
+
+class UnsupportedStoreError(JobStoreError, ValueError):
+    """The URL names no store this code has."""
+
+
+async def open_store(
+    url: str, *, clock: Clock | None = None, history_limit: int = 100
+) -> JobStore:
+    """Open the store the URL's scheme names (importing only that one), ready to use.
+
+    `memory://`, `sqlite:///relative.db`, `sqlite:////absolute.db`, `redis://[:password@]host:port/db`,
+    `rediss://…`. Raises `UnsupportedStoreError` listing the schemes for any other URL, and
+    `StoreUnavailableError` when the store cannot be reached.
+    """
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in SCHEMES:
+        supported = ", ".join(f"{s}://" for s in SCHEMES)
+        raise UnsupportedStoreError(f"unsupported job store URL scheme {scheme!r}: use {supported}")
+    module_name, class_name = SCHEMES[scheme]
+    module = __import__(module_name, fromlist=[class_name])
+    store_class = getattr(module, class_name)
+    return await store_class.open(url, clock=clock or SystemClock(), history_limit=history_limit)
