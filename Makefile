@@ -14,7 +14,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(PY) -m tornado_admin --env-file config/development.env
+	$(PY) -m tornado_admin --env-file config/development.env dev-token
+	$(PY) -m tornado_admin --env-file config/development.env serve
 
 fetch: install
 	$(PY) -m tornado_admin --env-file config/development.env fetch

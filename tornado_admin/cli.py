@@ -1,20 +1,27 @@
-"""Command line: `python -m tornado_admin [--env-file F] fetch` runs one sweep in the foreground."""
+"""Command line: `python -m tornado_admin [--env-file F] [serve | fetch | dev-token]`.
+
+`serve` (the default) runs the admin server; `fetch` runs one sweep in the foreground.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
+import secrets
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from tornado_admin import __version__
+from tornado_admin.app import serve
 from tornado_admin.logs import configure_logging
 from tornado_admin.market.esi import EsiClient
 from tornado_admin.market.fetch import SweepError, SweepProgress, SweepResult, fetch_all_regions
 from tornado_admin.market.orders import OrderStoreError, open_order_store
-from tornado_admin.settings import Settings, SettingsError, load_settings
+from tornado_admin.settings import LOCAL_ENV_FILE, Settings, SettingsError, load_settings
 
 log = logging.getLogger("tornado_admin.fetch")
 
@@ -24,28 +31,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument(
         "--env-file", action="append", default=[], metavar="PATH",
-        help="read settings from this file (repeatable; the environment and .env.local win)",
+        help="read settings from this file (repeatable; .env.local and the environment win)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="run the admin server and the scheduler (the default)")
     commands.add_parser("fetch", help="run one market sweep in the foreground and exit")
+    commands.add_parser(
+        "dev-token", help=f"write a random ADMIN_TOKEN to {LOCAL_ENV_FILE} unless one is set anywhere"
+    )
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_usage(sys.stderr)
-        print("tornado-admin: error: the server is not built yet; use the 'fetch' command", file=sys.stderr)
-        return 2
     try:
         settings = load_settings(env_files=args.env_file)
     except SettingsError as exc:
         print(f"tornado-admin: configuration error: {exc}", file=sys.stderr)
         return 2
-    tty = sys.stderr.isatty()
-    # On a terminal the bar shows progress; only warnings interrupt it.
-    configure_logging("warn" if tty else settings.log_level, settings.secrets,
-                      stream=_LineClearingStream(sys.stderr) if tty else sys.stderr)
-    try:
-        return asyncio.run(run_fetch(settings, ProgressBar(sys.stderr) if tty else None))
-    except KeyboardInterrupt:
-        return 130
+    if args.command == "dev-token":
+        return dev_token(settings)
+    if args.command == "fetch":
+        tty = sys.stderr.isatty()
+        # On a terminal the bar shows progress; only warnings interrupt it.
+        configure_logging("warn" if tty else settings.log_level, settings.secrets,
+                          stream=_LineClearingStream(sys.stderr) if tty else sys.stderr)
+        try:
+            return asyncio.run(run_fetch(settings, ProgressBar(sys.stderr) if tty else None))
+        except KeyboardInterrupt:
+            return 130
+    configure_logging(settings.log_level, settings.secrets)
+    return asyncio.run(serve(settings))
+
+
+def dev_token(settings: Settings) -> int:
+    """`make run` on a fresh clone: give the developer a strong token without printing it."""
+    path = Path(LOCAL_ENV_FILE).resolve()
+    if settings.admin_tokens:
+        print(f"ADMIN_TOKEN is already set; {path} left as it is", file=sys.stderr)
+        return 0
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as file:
+        file.write(f"\n# Written by `tornado-admin dev-token` for local use.\nADMIN_TOKEN={token}\n")
+    print(f"Wrote a new ADMIN_TOKEN to {path}; use it with:", file=sys.stderr)
+    print(f"  export ADMIN_TOKEN=$(grep ^ADMIN_TOKEN= {path} | cut -d= -f2-)", file=sys.stderr)
+    return 0
 
 
 async def run_fetch(settings: Settings, bar: ProgressBar | None) -> int:

@@ -1,20 +1,33 @@
-"""Time as the app sees it: an injected clock, so tests advance time instead of sleeping."""
+"""Time as the app sees it: an injected clock for stored times and a timer for local waits, so
+tests advance time instead of sleeping."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import time
 from typing import Protocol
 
+from backends.base import Clock, SystemClock
 
-class Clock(Protocol):
-    def now_ms(self) -> int:
-        """Milliseconds since the Unix epoch (wall clock, UTC)."""
+__all__ = ["Clock", "LoopTimer", "SystemClock", "Timer", "from_ms", "iso", "to_ms"]
 
 
-class SystemClock:
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+class Timer(Protocol):
+    """Local deadlines and waits (monotonic; never stored)."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopTimer:
+    """The event loop's monotonic clock."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 def from_ms(ms: int) -> dt.datetime:

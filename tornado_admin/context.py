@@ -1,0 +1,45 @@
+"""What the handlers are given (built once at startup, passed down) and the job's API shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from backends.base import Clock, Job, JobStore
+from tornado_admin.clock import from_ms, iso
+from tornado_admin.jobs import JobRunner
+from tornado_admin.market.orders import OrderStore
+from tornado_admin.settings import Settings
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    runner: JobRunner
+    job_store: JobStore
+    order_store: OrderStore
+    clock: Clock
+
+
+def job_body(job: Job, now_ms: int, live_progress: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A job as `GET /api/admin/job-status/{jobId}` answers it (DESIGN.md section 4)."""
+    end = job.completed_ms if job.completed_ms is not None else now_ms
+    body: dict[str, Any] = {
+        "jobId": job.job_id,
+        "jobName": job.job_name,
+        "trigger": job.trigger.value,
+        "status": job.status.value,
+        "startedAt": iso(from_ms(job.started_ms)),
+    }
+    if job.completed_ms is not None:
+        body["completedAt"] = iso(from_ms(job.completed_ms))
+    body["duration"] = max(0, end - job.started_ms)
+    progress = live_progress if job.completed_ms is None and live_progress else job.progress
+    if progress:
+        body["progress"] = dict(progress)
+    if job.result is not None:
+        body["result"] = dict(job.result)
+    if job.error is not None:
+        body["error"] = job.error
+    return body

@@ -1,0 +1,223 @@
+"""HTTP handlers: parse, authorize, one call into the runner or the store, write JSON.
+
+Errors are mapped to statuses in one place, `JsonHandler.write_error`; no route ever answers
+with Tornado's HTML error page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import tornado.web
+
+from backends.base import (
+    AlreadyRunning,
+    JobNotFoundError,
+    Started,
+    StoreUnavailableError,
+    Trigger,
+    is_job_id,
+)
+from tornado_admin.auth import Verdict, check_bearer
+from tornado_admin.context import AppContext, job_body
+
+log = logging.getLogger("tornado_admin.api")
+
+RETRY_AFTER_SECONDS = 5
+MAX_LIST_LIMIT = 100
+MISSING_AUTH = "Missing or invalid Authorization header. Use: Authorization: Bearer <token>"
+NOT_FOUND = {"error": "Not Found", "message": "Job not found or expired"}
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """JSON in every answer, errors included; `ALLOWED` methods only (405 with Allow otherwise)."""
+
+    ALLOWED: tuple[str, ...] = ("GET",)
+    METHOD_MESSAGE: str | None = None
+
+    def initialize(self, context: AppContext) -> None:
+        self.context = context
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        # The method first: a wrong method is 405 whatever the credentials.
+        if self.request.method not in self.ALLOWED:
+            raise tornado.web.HTTPError(405)
+
+    def reply(self, status: int, body: Mapping[str, Any], **headers: str) -> None:
+        self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name.replace("_", "-"), value)
+        self.finish(tornado.escape.json_encode(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs["exc_info"][1] if "exc_info" in kwargs else None
+        self.clear_header("Allow")
+        if isinstance(exc, JobNotFoundError):
+            self.reply(404, NOT_FOUND)
+        elif isinstance(exc, StoreUnavailableError):
+            self.reply(503, {"error": "Service Unavailable", "message": "Job store unavailable, retry later"},
+                       Retry_After=str(RETRY_AFTER_SECONDS))
+        elif status_code == 405:
+            message = self.METHOD_MESSAGE or f"Use {' or '.join(self.ALLOWED)}"
+            allow = ", ".join(self.ALLOWED)
+            self.reply(405, {"error": "Method Not Allowed", "message": message}, Allow=allow)
+        elif status_code == 404:
+            self.reply(404, {"error": "Not Found", "message": "No such route"})
+        elif status_code < 500:
+            reason = getattr(exc, "log_message", None) or self._reason
+            self.reply(status_code, {"error": self._reason, "message": reason})
+        else:
+            self.reply(500, {"error": "Internal Server Error"})
+
+    def log_exception(self, typ, value, tb) -> None:  # type: ignore[no-untyped-def]
+        # Tornado's own version logs the whole request, Authorization header included.
+        if isinstance(value, tornado.web.HTTPError | JobNotFoundError | StoreUnavailableError):
+            return
+        log.error("Request failed", exc_info=(typ, value, tb),
+                  extra={"method": self.request.method, "path": self.request.path})
+
+
+class AdminHandler(JsonHandler):
+    """Admin routes: a Bearer token from ADMIN_TOKEN, checked after the method."""
+
+    def tokens(self) -> tuple[str, ...]:
+        return self.context.settings.admin_tokens
+
+    def prepare(self) -> None:
+        super().prepare()
+        verdict = check_bearer(self.request.headers.get_list("Authorization"), self.tokens())
+        if verdict is Verdict.OK:
+            return
+        fields = {"method": self.request.method, "path": self.request.path}
+        if verdict is Verdict.MISCONFIGURED:
+            log.error("Admin request refused: ADMIN_TOKEN is not set", extra=fields)
+            self.reply(500, {"error": "Server misconfiguration"})
+        elif verdict is Verdict.DUPLICATE:
+            self.reply(400, {"error": "Bad Request", "message": "Send exactly one Authorization header"},
+                       WWW_Authenticate='Bearer realm="admin", error="invalid_request"')
+        elif verdict is Verdict.INVALID:
+            log.warning("Invalid admin token provided", extra=fields)
+            self.reply(401, {"error": "Unauthorized", "message": "Invalid admin token"},
+                       WWW_Authenticate='Bearer realm="admin", error="invalid_token"')
+        else:
+            log.warning("Missing or invalid Authorization header", extra=fields)
+            self.reply(401, {"error": "Unauthorized", "message": MISSING_AUTH},
+                       WWW_Authenticate='Bearer realm="admin"')
+
+    async def start_run(self, trigger: Trigger) -> None:
+        runner = self.context.runner
+        fields = {"jobName": runner.job_name, "trigger": trigger.value}
+        log.info("%s job trigger requested", trigger.value.capitalize(), extra=fields)
+        outcome = await runner.start(trigger)
+        if isinstance(outcome, Started):
+            where = f"/api/admin/job-status/{outcome.job.job_id}"
+            self.reply(202, {
+                "message": "Job triggered successfully", "jobId": outcome.job.job_id,
+                "jobName": runner.job_name, "status": "started", "checkStatusAt": where,
+            }, Location=where)  # fmt: skip
+            return
+        assert isinstance(outcome, AlreadyRunning)  # PeriodClaimed only answers scheduled starts
+        running = outcome.job.job_id
+        log.warning("Attempted to trigger job while already running", extra={**fields, "jobId": running})
+        self.reply(409, {
+            "error": "Conflict", "message": "Job already in progress", "jobName": runner.job_name,
+            "jobId": running, "checkStatusAt": f"/api/admin/job-status/{running}",
+        })  # fmt: skip
+
+
+class TriggerHandler(AdminHandler):
+    ALLOWED = ("POST",)
+    METHOD_MESSAGE = "Use POST to trigger job"
+
+    async def post(self) -> None:
+        await self.start_run(Trigger.MANUAL)
+
+
+class CronHandler(AdminHandler):
+    """`/api/cron/fetch-market-data` for an external cron, with CRON_SECRET; 404 when unset."""
+
+    ALLOWED = ("GET", "POST")
+
+    def tokens(self) -> tuple[str, ...]:
+        secret = self.context.settings.cron_secret
+        return (secret,) if secret else ()
+
+    def prepare(self) -> None:
+        if not self.context.settings.cron_secret:
+            raise tornado.web.HTTPError(404)
+        super().prepare()
+
+    async def get(self) -> None:
+        await self.start_run(Trigger.CRON)
+
+    async def post(self) -> None:
+        await self.start_run(Trigger.CRON)
+
+
+class JobStatusHandler(AdminHandler):
+    async def get(self, job_id: str) -> None:
+        if not is_job_id(job_id):  # never a store key outside the ids we issue
+            raise JobNotFoundError(job_id)
+        job = await self.context.job_store.get(job_id)
+        self.reply(200, job_body(job, self.context.clock.now_ms(), self.context.runner.live_progress(job_id)))
+
+
+class JobsHandler(AdminHandler):
+    async def get(self) -> None:
+        raw = self.get_query_argument("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+            raise tornado.web.HTTPError(400, f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+        jobs = await self.context.job_store.list(self.context.runner.job_name, limit=int(raw))
+        now, runner = self.context.clock.now_ms(), self.context.runner
+        self.reply(200, {"jobs": [job_body(j, now, runner.live_progress(j.job_id)) for j in jobs]})
+
+
+class HealthHandler(JsonHandler):
+    def get(self) -> None:
+        self.reply(200, {"status": "ok"})
+
+
+class ReadyHandler(JsonHandler):
+    async def get(self) -> None:
+        checks = dict(zip(
+            ("jobStore", "marketDatabase"),
+            await asyncio.gather(_answers(self.context.job_store.ping()),
+                                 _answers(self.context.order_store.ping())),
+            strict=True,
+        ))  # fmt: skip
+        ready = all(state == "ok" for state in checks.values())
+        self.reply(200 if ready else 503, {"status": "ready" if ready else "unavailable", "checks": checks})
+
+
+class NotFoundHandler(JsonHandler):
+    ALLOWED = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+async def _answers(ping: Any, timeout_seconds: float = 2.0) -> str:
+    try:
+        await asyncio.wait_for(ping, timeout_seconds)
+    except Exception:  # any failure means "not ready"; the reason is the store's to log
+        return "unavailable"
+    return "ok"
+
+
+def routes(context: AppContext) -> list[tuple[str, type[tornado.web.RequestHandler], dict]]:
+    args = {"context": context}
+    return [
+        (r"/api/admin/trigger-fetch", TriggerHandler, args),
+        (r"/api/admin/job-status/(.*)", JobStatusHandler, args),
+        (r"/api/admin/jobs", JobsHandler, args),
+        (r"/api/cron/fetch-market-data", CronHandler, args),
+        (r"/healthz", HealthHandler, args),
+        (r"/readyz", ReadyHandler, args),
+    ]
