@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import secrets
 import warnings
@@ -38,16 +39,48 @@ def run_aside(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class FakeClock:
-    """The injected clock of tests: time moves only when a test says so."""
+    """The injected clock and timer of tests: time moves only when a test calls `advance`.
+
+    `now_ms` is the wall clock the stores see, `monotonic` the runner's local deadlines, and
+    `sleep` waits until the test has advanced past its deadline.
+    """
 
     def __init__(self, start_ms: int = 1_780_000_000_000) -> None:
         self.ms = start_ms
+        self._sleepers: list[tuple[int, int, asyncio.Future]] = []
+        self._order = 0
 
     def now_ms(self) -> int:
         return self.ms
 
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._order += 1
+        heapq.heappush(self._sleepers, (self.ms + max(0, round(seconds * 1000)), self._order, future))
+        self._wake()
+        await future
+
     def advance(self, seconds: float) -> None:
         self.ms += round(seconds * 1000)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._sleepers and self._sleepers[0][0] <= self.ms:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
+
+
+async def until(condition: Callable[[], bool], *, steps: int = 1000) -> None:
+    """Let the loop run (without letting time pass) until `condition()` holds."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
 
 
 @pytest.fixture(autouse=True)
