@@ -74,13 +74,16 @@ class FakeClock:
                 future.set_result(None)
 
 
-async def until(condition: Callable[[], bool], *, steps: int = 1000) -> None:
-    """Let the loop run (without letting time pass) until `condition()` holds."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never became true")
+async def until(condition: Callable[[], bool], *, timeout_seconds: float = 5.0) -> None:
+    """Let the loop run until `condition()` holds: fake time does not move; real time only as
+    long as real I/O (a database, a socket) takes."""
+    deadline = asyncio.get_running_loop().time() + timeout_seconds
+    spins = 0
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition never became true")
+        spins += 1
+        await asyncio.sleep(0 if spins < 100 else 0.002)
 
 
 @pytest.fixture(autouse=True)
