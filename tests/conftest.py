@@ -56,12 +56,14 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.ms / 1000
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> asyncio.Future:
+        """Awaitable; the deadline is taken when called (not when first awaited), so a test
+        that advances right after cannot slip past a sleeper that has not started yet."""
         future = asyncio.get_running_loop().create_future()
         self._order += 1
         heapq.heappush(self._sleepers, (self.ms + max(0, round(seconds * 1000)), self._order, future))
         self._wake()
-        await future
+        return future
 
     def advance(self, seconds: float) -> None:
         self.ms += round(seconds * 1000)

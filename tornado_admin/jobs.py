@@ -175,6 +175,8 @@ class JobRunner:
         fields = self._fields(run)
         kind = _KIND[run.trigger]
         try:
+            if run.progress:  # one last heartbeat, so the finished job keeps its final progress
+                run.lease = await self.store.renew(run.lease, lease_ms=self.lease_ms, progress=run.progress)
             await self.store.finish(run.lease, status=status, result=result, error=error)
         except LeaseLostError as exc:
             log.error("Job lease lost before it finished", extra={**fields, "error": str(exc)})

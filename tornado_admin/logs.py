@@ -97,6 +97,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
+    # aiosqlite logs every statement at DEBUG: that would bury the app's own debug lines.
+    logging.getLogger("aiosqlite").setLevel(max(LEVELS[level], logging.INFO))
     logging.captureWarnings(True)
 
     def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:

@@ -69,14 +69,16 @@ class Settings:
 def load_settings(
     environ: Mapping[str, str] | None = None, env_files: Sequence[str | os.PathLike] = ()
 ) -> Settings:
-    """Merge env files (later ones win), then `.env.local`, then the real environment; validate."""
+    """Merge env files (later ones win), then `.env.local`, then the environment; validate."""
     merged: dict[str, str] = {}
     for path in [*env_files, LOCAL_ENV_FILE]:
         if Path(path).is_file():
             merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
         elif path != LOCAL_ENV_FILE:
             raise SettingsError(f"env file {path} does not exist")
-    merged.update(os.environ if environ is None else environ)
+    # An empty variable counts as unset (as `docker run -e NAME=` leaves it), so it does not
+    # hide a value from the files.
+    merged.update({k: v for k, v in (os.environ if environ is None else environ).items() if v.strip()})
     return settings_from(merged)
 
 

@@ -44,7 +44,7 @@ class LimitGate:
     """Holds every request while a limit pause lasts; fed the status and headers of each response."""
 
     def __init__(self, time: Callable[[], float] | None = None) -> None:
-        self._time = time or asyncio.get_running_loop().time
+        self._time = time or (lambda: asyncio.get_running_loop().time())
         self._paused_until = 0.0
         self.error_limit_remain: int | None = None
         self.rate_limit_remaining: int | None = None

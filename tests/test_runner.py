@@ -1,0 +1,197 @@
+"""The job runner and the scheduler, driven by the fake clock: no test waits for real time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from backends.base import ABANDONED, AlreadyRunning, JobStatus, PeriodClaimed, Started, Trigger
+from backends.memory import MemoryJobStore
+from tests.api_helpers import GatedWork
+from tests.conftest import until
+from tornado_admin.jobs import INTERRUPTED, TIMED_OUT, JobRunner
+from tornado_admin.scheduler import Scheduler
+
+LEASE = 60.0
+MAX_DURATION = 600.0
+
+
+@pytest.fixture
+def store(clock):
+    return MemoryJobStore(clock, history_limit=10)
+
+
+@pytest.fixture
+def work():
+    return GatedWork()
+
+
+@pytest.fixture
+def runner(store, work, clock, io_loop):
+    runner = JobRunner(store, work, lease_seconds=LEASE, max_duration_seconds=MAX_DURATION, timer=clock)
+    yield runner
+    io_loop.run_sync(runner.shutdown)  # no run outlives its test
+
+
+async def start(runner: JobRunner, work: GatedWork, trigger=Trigger.MANUAL) -> str:
+    outcome = await runner.start(trigger)
+    assert isinstance(outcome, Started)
+    await asyncio.wait_for(work.started.wait(), 5)
+    return outcome.job.job_id
+
+
+@pytest.mark.gen_test
+async def test_the_lease_is_renewed_every_third_with_progress(runner, work, store, clock):
+    job_id = await start(runner, work)
+    first_expiry = (await store.get(job_id)).lease_expires_ms
+    assert (await store.get(job_id)).progress is None  # not yet sent to the store
+
+    clock.advance(LEASE / 3)
+    await until(lambda: store._jobs[job_id].lease_expires_ms > first_expiry)
+    job = await store.get(job_id)
+    assert job.lease_expires_ms == clock.now_ms() + LEASE * 1000
+    assert job.progress == {"regionsTotal": 2, "regionsDone": 1, "ordersStored": 10}
+
+    for _ in range(6):  # two more lease lengths, renewed all along: never abandoned
+        await heartbeat(clock, store, job_id)
+    assert (await store.get(job_id)).status is JobStatus.RUNNING
+    work.finish()
+    await runner.wait_idle()
+    assert (await store.get(job_id)).status is JobStatus.COMPLETED
+
+
+async def heartbeat(clock, store, job_id: str) -> None:
+    """Let a third of the lease pass and wait until the runner has renewed."""
+    clock.advance(LEASE / 3)
+    await until(lambda: store._jobs[job_id].lease_expires_ms == clock.now_ms() + LEASE * 1000)
+
+
+@pytest.mark.gen_test
+async def test_a_run_past_its_maximum_duration_is_cancelled_and_failed(runner, work, store, clock):
+    job_id = await start(runner, work)
+    for _ in range(int(MAX_DURATION / (LEASE / 3)) - 1):
+        await heartbeat(clock, store, job_id)
+    assert runner.active == [job_id]
+    clock.advance(LEASE / 3)  # now at the maximum duration
+    await until(lambda: not runner.active)
+    job = await store.get(job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, TIMED_OUT)
+    assert not work.gate.is_set()  # the work never finished on its own: it was cancelled
+    assert isinstance(await runner.start(Trigger.MANUAL), Started)  # and no longer blocks
+
+
+@pytest.mark.gen_test
+async def test_a_lost_lease_stops_the_work_and_records_nothing(runner, work, store, clock, caplog):
+    job_id = await start(runner, work)
+    clock.advance(LEASE + 1)  # the process "froze" past its lease: the first renew finds it lapsed
+    await until(lambda: not runner.active)
+    job = await store.get(job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, ABANDONED)
+    assert job.completed_ms == job.started_ms + LEASE * 1000
+    assert "Job lease lost: stopping its work" in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_a_failing_or_crashing_job_is_recorded_failed(runner, work, store):
+    job_id = await start(runner, work)
+    work.finish(error="cannot list regions: timed out")
+    await runner.wait_idle()
+    assert (await store.get(job_id)).error == "cannot list regions: timed out"
+
+    work.gate.clear()
+    work.fail_with = ZeroDivisionError("boom")
+    job_id = await start(runner, work)
+    work.gate.set()
+    await runner.wait_idle()
+    job = await store.get(job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, "internal error (ZeroDivisionError)")
+
+
+@pytest.mark.gen_test
+async def test_shutdown_records_the_running_job_interrupted(runner, work, store, caplog):
+    job_id = await start(runner, work)
+    caplog.set_level(logging.INFO)
+    await runner.shutdown()
+    job = await store.get(job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, INTERRUPTED)
+    assert job.progress == {"regionsTotal": 2, "regionsDone": 1, "ordersStored": 10}
+    assert "Manual job failed" in caplog.text
+    assert runner.active == []
+
+
+@pytest.mark.gen_test
+async def test_completion_is_logged_with_the_operator_messages(runner, work, caplog):
+    caplog.set_level(logging.INFO)
+    job_id = await start(runner, work)
+    work.finish()
+    await runner.wait_idle()
+    [record] = [r for r in caplog.records if r.getMessage() == "Manual job completed successfully"]
+    assert (record.jobId, record.jobName, record.trigger) == (job_id, "fetch-market-data", "manual")
+
+
+# -- the scheduler -------------------------------------------------------------------------------
+
+INTERVAL = 1800.0
+
+
+@pytest.fixture
+def scheduler(runner, clock):
+    return Scheduler(runner, clock, interval_seconds=INTERVAL)
+
+
+@pytest.mark.gen_test
+async def test_one_scheduled_run_per_period(scheduler, runner, work, store, clock):
+    first = await scheduler.tick()
+    assert isinstance(first, Started)
+    assert first.job.trigger is Trigger.SCHEDULE
+    work.finish()
+    await runner.wait_idle()
+    assert isinstance(await scheduler.tick(), PeriodClaimed)  # same period: already ran
+    clock.advance(INTERVAL)
+    work.gate.clear()
+    assert isinstance(await scheduler.tick(), Started)  # next period
+    work.finish()
+
+
+@pytest.mark.gen_test
+async def test_a_tick_during_a_run_is_skipped_and_logged_once(scheduler, runner, work, clock, caplog):
+    caplog.set_level(logging.INFO)
+    job_id = await start(runner, work)
+    for _ in range(3):
+        outcome = await scheduler.tick()
+        assert isinstance(outcome, AlreadyRunning)
+        assert outcome.job.job_id == job_id
+        await until(lambda: True)
+    skips = [r for r in caplog.records if r.getMessage() == "Scheduled run skipped: a run is in progress"]
+    assert len(skips) == 1
+    work.finish()
+
+
+@pytest.mark.gen_test
+async def test_catch_up_runs_only_when_the_last_success_is_older_than_the_interval(
+    scheduler, runner, work, store, clock
+):
+    assert isinstance(await scheduler.catch_up(), Started)  # never ran: run now
+    work.finish()
+    await runner.wait_idle()
+    clock.advance(INTERVAL - 1)
+    assert await scheduler.catch_up() is None  # fresh enough
+    clock.advance(2)
+    work.gate.clear()
+    assert isinstance(await scheduler.catch_up(), Started)
+    work.finish()
+
+
+@pytest.mark.gen_test
+async def test_the_periodic_callback_fires_ticks(runner, work, clock):
+    scheduler = Scheduler(runner, clock, interval_seconds=0.05, startup_delay_seconds=3600)
+    scheduler.start()
+    try:
+        await asyncio.wait_for(work.started.wait(), 5)  # the first tick started a run
+    finally:
+        await scheduler.stop()
+    [job] = await runner.store.list()
+    assert job.trigger is Trigger.SCHEDULE
+    work.finish()

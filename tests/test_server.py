@@ -1,0 +1,203 @@
+"""The server as a process: startup checks, SIGTERM, and no secret in anything it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.api_helpers import TOKEN
+from tornado_admin.fake_esi import FakeEsi
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ("ADMIN_TOKEN", "CRON_SECRET", "JOB_STORE_URL", "DATABASE_URL", "LOG_LEVEL", "PORT", "HOST")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(tmp_path: Path, esi_url: str = "http://127.0.0.1:9", **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("ESI_")}
+    return env | {
+        "ADMIN_TOKEN": TOKEN, "PORT": str(free_port()), "DATABASE_URL": f"sqlite:///{tmp_path}/m.db",
+        "ESI_API_BASE_URL": esi_url, "SCHEDULER_ENABLED": "false", "LOG_LEVEL": "debug",
+        "PYTHONPATH": str(ROOT), **extra,
+    }
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = int(env["PORT"])
+        self.log_path = cwd / f"server-{self.port}.log"
+        # A file, not a pipe: an unread pipe could stall the server. Closed in stop() or teardown.
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tornado_admin", "serve"], env=env, cwd=cwd,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.output()}")
+            try:
+                with urllib.request.urlopen(self.url("/healthz"), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server never answered /healthz")
+
+    def request(self, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url(path), method=method, headers=headers or {},
+                                         data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.output().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def servers():
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str], cwd: Path) -> ServerProcess:
+        server = ServerProcess(env, cwd)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+        server._log.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_interrupts_the_running_job_and_exits_0(servers, tmp_path, signum):
+    esi = FakeEsi({10000002: 2000}, latency_seconds=30)  # the sweep hangs on its first page
+    with esi.run_in_thread():
+        server = servers(server_env(tmp_path, esi.url), tmp_path)
+        server.wait_ready()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        status, body = server.request("/api/admin/trigger-fetch", "POST", headers)
+        assert status == 202
+        started = time.monotonic()
+        assert server.stop(signum) == 0
+        assert time.monotonic() - started < 5
+    lines = server.lines()
+    [failed] = [line for line in lines if line["message"] == "Manual job failed"]
+    assert failed["jobId"] == body["jobId"]
+    assert failed["error"] == "interrupted by shutdown"
+    assert lines[-1]["message"] == "Server stopped"
+
+
+def test_every_printed_line_is_json_and_no_token_leaks(servers, tmp_path):
+    """The token sent every wrong way, and right: it appears nowhere in what the server prints."""
+    env = server_env(tmp_path, CRON_SECRET="cron-" + "s" * 40)
+    server = servers(env, tmp_path)
+    server.wait_ready()
+    near_miss = TOKEN[:-1] + ("A" if TOKEN[-1] != "A" else "B")
+    attempts = [
+        {"Authorization": f"bearer {TOKEN}"}, {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Token {TOKEN}"}, {"Authorization": f"Bearer    {TOKEN}   "},
+        {"Authorization": f"Bearer\t{TOKEN}"}, {"Authorization": TOKEN},
+        {"Authorization": f"Bearer {near_miss}"}, {"X-Admin-Token": TOKEN},
+        {"Authorization": f"Bearer {env['CRON_SECRET']}"},
+    ]
+    for headers in attempts:
+        server.request("/api/admin/jobs", headers=headers)
+    for path in (f"/api/admin/jobs?token={TOKEN}", f"/api/admin/jobs?t={TOKEN}&x=1",
+                 f"/api/admin/job-status/{TOKEN}", f"/nowhere/{TOKEN}"):
+        server.request(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    server.request("/api/cron/fetch-market-data", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert server.stop() == 0
+    output = server.output()
+    lines = server.lines()  # every line parses as one JSON object
+    assert len(lines) > len(attempts)
+    assert TOKEN not in output
+    assert env["CRON_SECRET"] not in output
+    assert any(line["message"] == "Invalid admin token provided" for line in lines)
+    assert any(line["message"] == "Missing or invalid Authorization header" for line in lines)
+
+
+def test_a_bad_setting_stops_startup_with_one_line_naming_it(tmp_path):
+    for env, message in [
+        ({"ADMIN_TOKEN": "your-admin-token"}, "ADMIN_TOKEN holds a placeholder"),
+        ({"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN must be at least 32 characters"),
+        ({"JOB_STORE_URL": "mongodb://db"}, "JOB_STORE_URL must start with one of"),
+        ({"PORT": "http"}, "PORT must be an integer"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "tornado_admin", "serve"], env=server_env(tmp_path, **env),
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 2
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert message in line
+        assert "your-admin-token" not in line or "placeholder" in line and "your-admin" not in line
+
+
+def test_an_unusable_market_database_stops_startup_with_one_clear_line(servers, tmp_path):
+    env = server_env(tmp_path, DATABASE_URL="postgresql://app:db-password-123@127.0.0.1:1/market")
+    server = servers(env, tmp_path)
+    assert server.process.wait(timeout=30) == 1
+    [line] = [x for x in server.lines() if x["level"] == "CRITICAL"]
+    assert line["message"].startswith("Server cannot start: cannot connect to market database")
+    assert "db-password-123" not in server.output()
+
+
+def test_an_unset_admin_token_is_logged_and_admin_routes_answer_500(servers, tmp_path):
+    server = servers(server_env(tmp_path, ADMIN_TOKEN=""), tmp_path)
+    server.wait_ready()
+    assert server.request("/api/admin/jobs") == (500, {"error": "Server misconfiguration"})
+    assert server.stop() == 0
+    assert any(x["message"].startswith("ADMIN_TOKEN is not set") for x in server.lines())
+
+
+def test_dev_token_writes_a_strong_token_once_and_never_prints_it(tmp_path):
+    env = server_env(tmp_path, ADMIN_TOKEN="")
+    run = [sys.executable, "-m", "tornado_admin", "dev-token"]
+    first = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0
+    local = (tmp_path / ".env.local").read_text()
+    [token] = [line.split("=", 1)[1] for line in local.splitlines() if line.startswith("ADMIN_TOKEN=")]
+    assert len(token) >= 40
+    assert token not in first.stdout + first.stderr
+    assert str(tmp_path / ".env.local") in first.stderr
+    assert (tmp_path / ".env.local").stat().st_mode & 0o077 == 0  # readable by its owner only
+    second = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 0
+    assert (tmp_path / ".env.local").read_text() == local  # already set: left alone
