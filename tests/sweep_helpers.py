@@ -27,12 +27,13 @@ async def run_sweep(
     concurrency: int = 8,
     timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 (the HTTP client's timeouts)
     base_url: str | None = None,
+    client_options: dict | None = None,
     **options,
 ) -> SweepResult:
     extra = {"timeout": timeout} if timeout else {}
     async with EsiClient.open(
         base_url or esi.url, user_agent=USER_AGENT, compatibility_date=COMPATIBILITY_DATE,
-        concurrency=concurrency, retry=FAST_RETRY, **extra,
+        concurrency=concurrency, retry=FAST_RETRY, **extra, **(client_options or {}),
     ) as client:
         return await fetch_all_regions(
             client, store, concurrency=concurrency, clock=clock, **options

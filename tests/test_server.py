@@ -163,7 +163,7 @@ def test_a_bad_setting_stops_startup_with_one_line_naming_it(tmp_path):
             [sys.executable, "-m", "tornado_admin", "serve"], env=server_env(tmp_path, **env),
             cwd=tmp_path, capture_output=True, text=True, timeout=30,
         )
-        assert result.returncode == 2
+        assert result.returncode == 1
         assert result.stdout == ""
         [line] = result.stderr.splitlines()
         assert message in line

@@ -44,6 +44,8 @@ def test_values_are_parsed():
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of trace, debug, info, warn, error, fatal"),
         ({"ESI_REGIONS": "10000002,the-forge"}, "ESI_REGIONS must be 'all' or a comma-separated"),
         ({"ESI_COMPATIBILITY_DATE": "yesterday"}, "ESI_COMPATIBILITY_DATE must be a date"),
+        ({"ESI_COMPATIBILITY_DATE": "20260804"}, "ESI_COMPATIBILITY_DATE must be a date"),
+        ({"ESI_COMPATIBILITY_DATE": "2026-W32-1"}, "ESI_COMPATIBILITY_DATE must be a date"),
         ({"JOB_STORE_URL": "mongodb://x"}, "JOB_STORE_URL must start with one of memory://"),
         ({"DATABASE_URL": "mysql://u:pw@h/db"}, "DATABASE_URL must start with one of sqlite://"),
         ({"ADMIN_TOKEN": "your-admin-token"}, "ADMIN_TOKEN holds a placeholder"),

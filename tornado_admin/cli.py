@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(env_files=args.env_file)
     except SettingsError as exc:
         print(f"tornado-admin: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return 1  # could not run at all (DESIGN.md section 9); 2 stays argparse's usage error
     if args.command == "dev-token":
         return dev_token(settings)
     if args.command == "fetch":

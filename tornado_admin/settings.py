@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,10 +179,13 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def _date(name: str, value: str) -> str:
+    # fromisoformat alone also takes "20260804" and "2026-W32-1": not what the header wants.
     try:
-        dt.date.fromisoformat(value)
+        valid = re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) is not None and bool(dt.date.fromisoformat(value))
     except ValueError:
-        raise SettingsError(f"{name} must be a date, YYYY-MM-DD") from None
+        valid = False
+    if not valid:
+        raise SettingsError(f"{name} must be a date, YYYY-MM-DD")
     return value
 
 

@@ -12,11 +12,13 @@ import orjson
 REGION_FAULTS = frozenset(
     {
         "html502", "json503", "json504", "not-json", "not-list", "missing-field", "wrong-type",
-        "flip", "flip-always", "transient503",
+        "flip", "flip-always", "transient503", "wrong-type-last", "duplicates",
     }
 )  # fmt: skip
 # Faults that rewrite the served bytes of a page (the region's orders() stay the canonical ones).
-BODY_FAULTS = frozenset({"not-json", "not-list", "missing-field", "wrong-type"})
+BODY_FAULTS = frozenset(
+    {"not-json", "not-list", "missing-field", "wrong-type", "wrong-type-last", "duplicates"}
+)
 TRANSIENT_503_COUNT = 2
 # One-shot, queued with FakeEsi.inject.
 INJECT_KINDS = frozenset({"420", "429", "502", "503", "504", "hang", "reset"})
@@ -53,8 +55,14 @@ def check_region_fault(fault: str | None, order_count: int, page_size: int) -> N
         raise ValueError(f"unknown fault {fault!r}: expected one of {', '.join(sorted(REGION_FAULTS))}")
     if fault in ("missing-field", "wrong-type") and order_count < 1:
         raise ValueError(f"fault {fault!r} needs at least one order")
-    if fault in ("flip", "flip-always") and order_count <= page_size:
+    if fault in ("flip", "flip-always", "wrong-type-last", "duplicates") and order_count <= page_size:
         raise ValueError(f"fault {fault!r} needs a region of at least 2 pages")
+
+
+def repeat_orders(body: bytes, first_page: bytes, count: int = 10) -> bytes:
+    """`body` with the first `count` orders of page 1 appended: the same orders listed twice, as
+    a cache refresh mid-walk can make ESI do."""
+    return orjson.dumps(orjson.loads(body) + orjson.loads(first_page)[:count])
 
 
 def corrupt_page(body: bytes, fault: str) -> bytes:
@@ -68,7 +76,7 @@ def corrupt_page(body: bytes, fault: str) -> bytes:
     victim = orders[len(orders) // 2]
     if fault == "missing-field":
         del victim["price"]
-    elif fault == "wrong-type":
+    elif fault in ("wrong-type", "wrong-type-last"):
         victim["type_id"] = str(victim["type_id"])
     else:
         raise ValueError(f"not a body fault: {fault!r}")

@@ -41,12 +41,16 @@ class RegionState:
 
 def served_pages(content: RegionContent, fault: str | None) -> tuple[Page, ...]:
     """The pages as served: the canonical ones, or with page 1 (every page for "not-list")
-    rewritten by a body fault."""
+    rewritten by a body fault ("wrong-type-last" and "duplicates" rewrite the last page)."""
     if fault not in faults.BODY_FAULTS:
         return content.pages
     pages = list(content.pages)
-    targets = range(len(pages)) if fault == "not-list" else range(1)
-    for i in targets:
-        body = faults.corrupt_page(pages[i].body, fault)
+    last = len(pages) - 1
+    targets = {"not-list": range(len(pages)), "wrong-type-last": [last], "duplicates": [last]}
+    for i in targets.get(fault, range(1)):
+        if fault == "duplicates":
+            body = faults.repeat_orders(pages[i].body, pages[0].body)
+        else:
+            body = faults.corrupt_page(pages[i].body, fault)
         pages[i] = Page(body, make_etag(body))
     return tuple(pages)

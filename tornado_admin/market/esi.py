@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email.utils
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,8 +22,13 @@ log = logging.getLogger(__name__)
 
 # A full page is about 250 KB; anything past this is not an orders page (or is a decompression bomb).
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# The Forge, the biggest region, has a few hundred pages; a count past this is a broken header.
+MAX_PAGES = 2000
+MAX_EXPIRES_SECONDS = 3600.0  # markets cache for 300 s; a far-future Expires would freeze a region
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10, sock_connect=10, sock_read=30)
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+_LEGACY_PATH = re.compile(r"/(latest|legacy|dev|v\d+)$")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,512}")
 _LIMIT_STATUS = frozenset({420, 429})
 
 
@@ -45,7 +52,7 @@ class EsiUnavailableError(EsiError):
 class EsiResponse:
     status: int  # 200 or 304
     body: bytes
-    pages: int  # X-Pages, 1 when absent (FACTS.md: missing on some empty responses)
+    pages: int | None  # X-Pages; None when absent (FACTS.md: missing on some responses)
     etag: str | None
     last_modified: str | None
     expires_in_seconds: float | None  # Expires minus ESI's own Date, so our clock's skew is moot
@@ -67,7 +74,7 @@ class EsiClient:
         self._session = session
         self._base = base_url.rstrip("/")
         # The legacy ".../latest" base wants trailing slashes and a datasource, as it always did.
-        self._legacy = urlsplit(self._base).path not in ("", "/")
+        self._legacy = _LEGACY_PATH.search(urlsplit(self._base).path) is not None
         self._slots = asyncio.Semaphore(concurrency)
         self.retry = retry or RetryPolicy()
         self.gate = gate or LimitGate()
@@ -194,29 +201,34 @@ class _TransientError(Exception):
 
 def _response(resp: aiohttp.ClientResponse, body: bytes) -> EsiResponse:
     headers = resp.headers
-    try:
-        pages = max(1, int(headers.get("X-Pages", "1")))
-    except ValueError:
-        raise EsiStatusError(resp.status, "X-Pages is not a number") from None
+    pages = headers.get("X-Pages")
+    if pages is not None and not (pages.isdigit() and 1 <= int(pages) <= MAX_PAGES):
+        raise EsiStatusError(resp.status, f"X-Pages {pages[:20]!r} is not a page count from 1 to {MAX_PAGES}")
+    etag = headers.get("ETag")
     return EsiResponse(
         status=resp.status,
         body=body,
-        pages=pages,
-        etag=headers.get("ETag"),
+        pages=int(pages) if pages is not None else None,
+        # Stored and sent back verbatim: anything but plain ASCII is not an ETag we can use.
+        etag=etag if etag and _PRINTABLE_ASCII.fullmatch(etag) else None,
         last_modified=headers.get("Last-Modified"),
         expires_in_seconds=_expires_in(headers.get("Expires"), headers.get("Date")),
     )
 
 
 def _expires_in(expires: str | None, date: str | None) -> float | None:
+    """Expires minus Date, in seconds; None when either is absent or not an HTTP date."""
+    if not expires or not date:
+        return None
     try:
-        until = email.utils.parsedate_to_datetime(expires) if expires else None
-        now = email.utils.parsedate_to_datetime(date) if date else None
-    except (TypeError, ValueError):
+        until = email.utils.parsedate_to_datetime(expires)
+        now = email.utils.parsedate_to_datetime(date)
+        if until.tzinfo is None or now.tzinfo is None:  # "-0000" parses naive: HTTP dates are UTC
+            until, now = until.replace(tzinfo=dt.UTC), now.replace(tzinfo=dt.UTC)
+        seconds = (until - now).total_seconds()
+    except (TypeError, ValueError, OverflowError):
         return None
-    if until is None or now is None:
-        return None
-    return max(0.0, (until - now).total_seconds())
+    return min(max(0.0, seconds), MAX_EXPIRES_SECONDS)
 
 
 def _error_detail(body: bytes) -> str:

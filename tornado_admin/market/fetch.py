@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from tornado_admin.clock import Clock, SystemClock, from_ms
 from tornado_admin.market.esi import EsiClient, EsiError, EsiResponse, EsiStatusError
 from tornado_admin.market.orders import (
+    MAX_REGION_WRITERS,
     OrderStore,
     OrderStoreError,
     RegionMeta,
@@ -125,7 +126,7 @@ class _Sweep:
         self.progress = SweepProgress()
         self.result = SweepResult()
         # Regions staged at once (a PostgreSQL connection each) and pages held in memory at once.
-        self.region_slots = asyncio.Semaphore(concurrency)
+        self.region_slots = asyncio.Semaphore(min(concurrency, MAX_REGION_WRITERS))
         self.page_buffer = asyncio.Semaphore(2 * concurrency)
 
     async def run(self, region_ids: tuple[int, ...] | None) -> SweepResult:
@@ -195,6 +196,8 @@ class _Sweep:
                     await writer.abort()
                     raise
         if first.status == 304:
+            if state is None:  # a 304 to a request without conditions: a confused cache
+                raise _CacheMovedError("304 to an unconditional request")
             return await self._revalidate(region_id, state, first)
         try:
             etags = await self._rest(region_id, first, writer)
@@ -212,7 +215,8 @@ class _Sweep:
 
     async def _rest(self, region_id: int, first: EsiResponse, writer: RegionWriter) -> tuple[str, ...]:
         """Fetch and stage pages 2..N; their ETags, page 1's first."""
-        etags = [first.etag or ""] * first.pages
+        pages = first.pages or 1
+        etags = [first.etag or ""] * pages
 
         async def one(page: int) -> None:
             async with self.page_buffer:
@@ -221,23 +225,24 @@ class _Sweep:
                 await self._stage(writer, region_id, page, response)
                 etags[page - 1] = response.etag or ""
 
-        await _all(one(page) for page in range(2, first.pages + 1))
+        await _all(one(page) for page in range(2, pages + 1))
         return tuple(etags)
 
     async def _revalidate(
         self, region_id: int, state: RegionState, first: EsiResponse
     ) -> _Outcome:
         """Page 1 answered 304: the region is unchanged only if every other page does too."""
-        if first.pages != len(state.etags):
-            raise _CacheMovedError(f"X-Pages went from {len(state.etags)} to {first.pages}")
+        pages = first.pages or len(state.etags)  # some 304s come without X-Pages
+        if pages != len(state.etags):
+            raise _CacheMovedError(f"X-Pages went from {len(state.etags)} to {pages}")
 
         async def one(page: int) -> None:
             async with self.page_buffer:
                 response = await self._page(region_id, page, state.etags[page - 1])
-            if response.status != 304 or response.pages != first.pages:
+            if response.status != 304 or (response.pages or pages) != pages:
                 raise _CacheMovedError(f"page {page} changed while page 1 did not")
 
-        await _all(one(page) for page in range(2, first.pages + 1))
+        await _all(one(page) for page in range(2, pages + 1))
         count = await self.orders.confirm_unchanged(
             region_id, self._expires(first), from_ms(self.clock.now_ms())
         )
@@ -258,6 +263,10 @@ class _Sweep:
             await writer.add_page(response.body)
         except MalformedPageError as exc:
             raise RegionFailedError(f"page {page} is malformed: {exc}") from None
+        except (ValueError, OverflowError, TypeError) as exc:
+            # A value that passed validation but that the database cannot hold: this region's
+            # problem, not the sweep's.
+            raise RegionFailedError(f"page {page} could not be stored: {exc}") from None
 
     def _expires(self, response: EsiResponse) -> dt.datetime | None:
         if response.expires_in_seconds is None:
@@ -266,22 +275,24 @@ class _Sweep:
 
 
 async def _all(coroutines: Iterable[Coroutine[object, object, None]]) -> None:
-    """Run concurrently; on the first failure cancel the rest and raise that failure itself
-    (not an ExceptionGroup), a database failure first since it ends the whole sweep."""
+    """Run concurrently; on the first failure cancel the rest and raise that failure itself,
+    a database failure first since it ends the whole sweep.
+
+    Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails leaves its parent task marked
+    as being cancelled, which breaks later cancellation checks and timeouts.
+    """
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    if not tasks:
+        return
     try:
-        async with asyncio.TaskGroup() as group:
-            for coroutine in coroutines:
-                group.create_task(coroutine)
-    except BaseExceptionGroup as group_error:
-        leaves = _leaves(group_error)
-        raise next((e for e in leaves if isinstance(e, OrderStoreError)), leaves[0]) from None
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # on our own cancellation too: no child outlives this call
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    errors = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
+    if errors:
+        raise next((e for e in errors if isinstance(e, OrderStoreError)), errors[0])
 
 
 def _check_same_walk(first: EsiResponse, response: EsiResponse, page: int) -> None:
@@ -293,7 +304,9 @@ def _check_same_walk(first: EsiResponse, response: EsiResponse, page: int) -> No
             f" {first.last_modified}"
         )
     if response.pages != first.pages:
-        raise _CacheMovedError(f"page {page} says X-Pages {response.pages}, page 1 said {first.pages}")
+        raise _CacheMovedError(
+            f"page {page} says X-Pages {response.pages}, page 1 said {first.pages}"
+        )
 
 
 def _http_date(value: str | None) -> dt.datetime | None:

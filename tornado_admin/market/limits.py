@@ -100,7 +100,7 @@ def retry_after_seconds(value: str | None) -> float:
     if not value:
         return DEFAULT_RETRY_AFTER_SECONDS
     try:
-        return max(0.0, float(value))
+        return min(max(0.0, float(value)), MAX_PAUSE_SECONDS)  # nan and inf end up in range too
     except ValueError:
         pass
     try:
@@ -109,14 +109,12 @@ def retry_after_seconds(value: str | None) -> float:
         return DEFAULT_RETRY_AFTER_SECONDS
     if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are UTC
         when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return min(MAX_PAUSE_SECONDS, max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()))
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A small non-negative integer header; None when absent or not one (never raises)."""
     value = headers.get(name)
-    if value is None:
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 9:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+    return int(value)

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 from tornado_admin.settings import redact_url
 
 SCHEMES = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres"}
+# Regions staged at once, whatever ESI_CONCURRENCY says: each holds a PostgreSQL connection,
+# and PostgreSQL's default max_connections is 100 for every client together.
+MAX_REGION_WRITERS = 16
 
 
 class OrderStoreError(Exception):
@@ -109,7 +112,7 @@ async def open_order_store(url: str, *, max_writers: int = 16) -> OrderStore:
     if kind == "postgres":
         from tornado_admin.market.orders_postgres import PostgresOrderStore
 
-        return await PostgresOrderStore.open(url, max_writers=max_writers)
+        return await PostgresOrderStore.open(url, max_writers=min(max_writers, MAX_REGION_WRITERS))
     raise OrderStoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///path or postgresql://…"
     )

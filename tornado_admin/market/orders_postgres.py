@@ -20,7 +20,7 @@ from tornado_admin.settings import redact_url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS market_orders (
-    region_id     integer          NOT NULL,
+    region_id     bigint           NOT NULL,
     order_id      bigint           PRIMARY KEY,
     type_id       bigint           NOT NULL,
     location_id   bigint           NOT NULL,
@@ -30,13 +30,13 @@ CREATE TABLE IF NOT EXISTS market_orders (
     min_volume    bigint           NOT NULL,
     price         double precision NOT NULL,
     is_buy_order  boolean          NOT NULL,
-    duration      integer          NOT NULL,
+    duration      bigint           NOT NULL,  -- FACTS.md: every integer is 64-bit
     issued        timestamptz      NOT NULL,
     "range"       text             NOT NULL
 );
 CREATE INDEX IF NOT EXISTS market_orders_region ON market_orders (region_id);
 CREATE TABLE IF NOT EXISTS market_regions (
-    region_id     integer     PRIMARY KEY,
+    region_id     bigint      PRIMARY KEY,
     last_modified timestamptz,
     expires       timestamptz,
     order_count   integer     NOT NULL,
@@ -52,7 +52,7 @@ CREATE TEMP TABLE IF NOT EXISTS staging_orders (
     order_id bigint NOT NULL, type_id bigint NOT NULL, location_id bigint NOT NULL,
     system_id bigint NOT NULL, volume_total bigint NOT NULL, volume_remain bigint NOT NULL,
     min_volume bigint NOT NULL, price double precision NOT NULL, is_buy_order boolean NOT NULL,
-    duration integer NOT NULL, issued timestamptz NOT NULL, "range" text NOT NULL
+    duration bigint NOT NULL, issued timestamptz NOT NULL, "range" text NOT NULL
 );
 """
 _SWAP = f"""
@@ -116,9 +116,11 @@ class PostgresOrderStore(OrderStore):
         try:
             # A temp table per connection, kept for its life: no catalog churn per region.
             await conn.execute(_STAGING + "TRUNCATE staging_orders;")
-        except _DB_ERRORS as exc:
+        except BaseException as exc:  # cancellation too: the connection must go back to the pool
             await writer.abort()
-            raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+            if isinstance(exc, _DB_ERRORS):
+                raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+            raise
         return writer
 
     async def confirm_unchanged(
@@ -191,7 +193,9 @@ class _PostgresRegionWriter(RegionWriter):
         if conn is None:
             return
         try:
-            await self._pool.release(conn)
+            # Shielded: a cancelled sweep must still hand the connection back, or close() waits
+            # for it forever. release() resets it, or terminates it if it was mid-query.
+            await asyncio.shield(self._pool.release(conn))
         except _DB_ERRORS:
             conn.terminate()
 

@@ -7,8 +7,9 @@ Validation is column-wise (`map`/`set` over each field) rather than per order in
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 
 import orjson
 
@@ -17,6 +18,7 @@ FIELDS = (
     "min_volume", "price", "is_buy_order", "duration", "issued", "range",
 )
 ISSUED = FIELDS.index("issued")
+PRICE = FIELDS.index("price")
 RANGES = frozenset(
     {"station", "region", "solarsystem", "1", "2", "3", "4", "5", "10", "20", "30", "40"}
 )
@@ -30,7 +32,7 @@ _ALLOWED_TYPES.update(
 )
 _TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 _GETTERS = tuple(itemgetter(name) for name in FIELDS)
-_ends_with_z = methodcaller("endswith", "Z")
+_CANONICAL_ISSUED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").fullmatch
 
 
 class MalformedPageError(ValueError):
@@ -84,8 +86,11 @@ def parse_page(body: bytes) -> Page:
         _raise_shape_error(data)
     for index, name in enumerate(FIELDS):
         _check_column(name, columns[index])
+    # A price may arrive as a JSON integer of any size: store every price as the double it is.
+    columns[PRICE] = tuple(map(float, columns[PRICE]))
     issued_at = _parse_issued(columns[ISSUED])
-    if set(map(len, columns[ISSUED])) != {20} or not all(map(_ends_with_z, columns[ISSUED])):
+    if not all(map(_CANONICAL_ISSUED, columns[ISSUED])):
+        # Rare (ESI sends the canonical form): rewrite the column so every store holds UTC "Z".
         columns[ISSUED] = tuple(d.strftime("%Y-%m-%dT%H:%M:%SZ") for d in issued_at)
     return Page(tuple(columns), issued_at)
 
@@ -117,7 +122,10 @@ def _parse_issued(column: tuple[str, ...]) -> tuple[dt.datetime, ...]:
     if any(d.tzinfo is None for d in issued):
         raise MalformedPageError("field 'issued' has no time zone")
     if set(map(dt.datetime.utcoffset, issued)) != {dt.timedelta(0)}:
-        issued = tuple(d.astimezone(dt.UTC) for d in issued)
+        try:
+            issued = tuple(d.astimezone(dt.UTC) for d in issued)
+        except OverflowError:  # e.g. year 1 at +01:00 has no UTC representation
+            raise MalformedPageError("field 'issued' is out of the representable range") from None
     return issued
 
 

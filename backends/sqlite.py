@@ -1,0 +1,321 @@
+"""Job store in one SQLite file (aiosqlite), shared by every process that opens it.
+
+Atomicity: each operation is one `BEGIN IMMEDIATE` transaction, so writers take turns on the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from backends.base import (
+    ABANDONED,
+    AlreadyRunning,
+    Clock,
+    Job,
+    JobNotFoundError,
+    JobStatus,
+    JobStore,
+    Lease,
+    LeaseLostError,
+    PeriodClaimed,
+    Started,
+    StartOutcome,
+    StoreUnavailableError,
+    Trigger,
+    is_job_id,
+    new_job_id,
+    new_lease_token,
+)
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 5000
+# `seq` (the rowid) is the start order; the partial unique index both finds a name's running job
+# and makes a second running row of one name impossible, whatever the code above it does.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq              INTEGER PRIMARY KEY,
+    job_id           TEXT    NOT NULL UNIQUE,
+    job_name         TEXT    NOT NULL,
+    trigger          TEXT    NOT NULL,
+    status           TEXT    NOT NULL,
+    started_ms       INTEGER NOT NULL,
+    completed_ms     INTEGER,
+    lease_expires_ms INTEGER,
+    lease_token      TEXT,
+    progress         TEXT,
+    result           TEXT,
+    error            TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (job_name, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_running ON jobs (job_name) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS job_periods (
+    job_name TEXT PRIMARY KEY,
+    period   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_last_success (
+    job_name TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL, started_ms INTEGER NOT NULL,
+    completed_ms INTEGER, lease_expires_ms INTEGER, progress TEXT, result TEXT, error TEXT
+);
+"""
+COLUMNS = (
+    "job_id, job_name, trigger, status, started_ms, completed_ms, lease_expires_ms, progress, result, error"
+)
+Work = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, conn: aiosqlite.Connection, clock: Clock, history_limit: int) -> None:
+        super().__init__(clock, history_limit)
+        self._conn = conn
+        # One connection: a transaction's statements must not interleave with another coroutine's.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls, url: str, *, clock: Clock, history_limit: int, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> SqliteJobStore:
+        path = _path(url)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailableError(f"cannot open job store {path}: {exc}") from None
+        store = cls(conn, clock, history_limit)
+        try:
+            # NORMAL is durable in WAL mode except for the last commits before a power loss.
+            pragmas = (f"busy_timeout = {int(busy_timeout_ms)}", "journal_mode = WAL", "synchronous = NORMAL")
+            for pragma in pragmas:
+                await conn.execute(f"PRAGMA {pragma}")
+            await conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StoreUnavailableError(f"cannot open job store {path}: {exc}") from None
+        return store
+
+    async def start(
+        self, job_name: str, trigger: Trigger, *, lease_ms: int, period: int | None = None
+    ) -> StartOutcome:
+        now = self.clock.now_ms()
+
+        async def work(conn: aiosqlite.Connection) -> StartOutcome:
+            await self._reap(conn, now, job_name)
+            running = await _fetch_job(conn, "WHERE job_name = ? AND status = 'running'", job_name)
+            if running is not None:
+                return AlreadyRunning(running)
+            if period is not None:
+                cursor = await conn.execute(
+                    "INSERT INTO job_periods (job_name, period) VALUES (?, ?) ON CONFLICT (job_name)"
+                    " DO UPDATE SET period = excluded.period WHERE period < excluded.period",
+                    (job_name, period),
+                )
+                if cursor.rowcount == 0:
+                    return PeriodClaimed(period)
+            token = new_lease_token()
+            job = Job(
+                job_id=new_job_id(), job_name=job_name, trigger=Trigger(trigger),
+                status=JobStatus.RUNNING, started_ms=now, lease_expires_ms=now + lease_ms,
+            )
+            await conn.execute(
+                "INSERT INTO jobs (job_id, job_name, trigger, status, started_ms, lease_expires_ms,"
+                " lease_token) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.job_id, job_name, job.trigger.value, job.status.value, now, now + lease_ms, token),
+            )
+            await self._trim(conn, job_name)
+            return Started(Lease(job.job_id, job_name, token, now + lease_ms), job)
+
+        return await self._transaction(work)
+
+    async def renew(
+        self, lease: Lease, *, lease_ms: int, progress: Mapping[str, Any] | None = None
+    ) -> Lease:
+        now = self.clock.now_ms()
+        expires = now + lease_ms
+
+        async def work(conn: aiosqlite.Connection) -> bool:
+            await self._reap(conn, now, lease.job_name)
+            cursor = await conn.execute(
+                "UPDATE jobs SET lease_expires_ms = ?, progress = coalesce(?, progress)"
+                " WHERE job_id = ? AND status = 'running' AND lease_token = ? AND lease_expires_ms > ?",
+                (expires, _dump(progress), lease.job_id, lease.token, now),
+            )
+            return cursor.rowcount == 1
+
+        if not await self._transaction(work):
+            raise LeaseLostError(f"job {lease.job_id} no longer holds this lease")
+        return Lease(lease.job_id, lease.job_name, lease.token, expires)
+
+    async def finish(
+        self,
+        lease: Lease,
+        *,
+        status: JobStatus,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Job:
+        now = self.clock.now_ms()
+        status = JobStatus(status)
+
+        async def work(conn: aiosqlite.Connection) -> Job | None:
+            await self._reap(conn, now, lease.job_name)
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET status = ?, completed_ms = ?, lease_expires_ms = NULL, lease_token = NULL,"
+                " result = ?, error = ?"
+                " WHERE job_id = ? AND status = 'running' AND lease_token = ? AND lease_expires_ms > ?"
+                f" RETURNING {COLUMNS}",
+                (status.value, now, _dump(result), error, lease.job_id, lease.token, now),
+            )
+            if not rows:
+                return None
+            job = _job(next(iter(rows)))
+            if status is JobStatus.COMPLETED:
+                await conn.execute(
+                    f"INSERT OR REPLACE INTO job_last_success (job_name, {COLUMNS})"
+                    f" SELECT job_name, {COLUMNS} FROM jobs WHERE job_id = ?",
+                    (job.job_id,),
+                )
+            await self._trim(conn, job.job_name)
+            return job
+
+        job = await self._transaction(work)
+        if job is None:
+            raise LeaseLostError(f"job {lease.job_id} no longer holds this lease")
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        if not is_job_id(job_id):
+            raise JobNotFoundError(job_id)
+        now = self.clock.now_ms()
+
+        async def work(conn: aiosqlite.Connection) -> Job | None:
+            await self._reap(conn, now)
+            return await _fetch_job(conn, "WHERE job_id = ?", job_id)
+
+        job = await self._transaction(work)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
+
+    async def list(self, job_name: str | None = None, *, limit: int = 20) -> list[Job]:
+        now = self.clock.now_ms()
+
+        async def work(conn: aiosqlite.Connection) -> list[Job]:
+            await self._reap(conn, now, job_name)
+            where, args = ("WHERE job_name = ?", (job_name,)) if job_name is not None else ("", ())
+            rows = await conn.execute_fetchall(
+                f"SELECT {COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, max(0, limit))
+            )
+            return [_job(row) for row in rows]
+
+        return await self._transaction(work)
+
+    async def current(self, job_name: str) -> Job | None:
+        now = self.clock.now_ms()
+
+        async def work(conn: aiosqlite.Connection) -> Job | None:
+            await self._reap(conn, now, job_name)
+            return await _fetch_job(conn, "WHERE job_name = ? AND status = 'running'", job_name)
+
+        return await self._transaction(work)
+
+    async def last_success(self, job_name: str) -> Job | None:
+        async def work(conn: aiosqlite.Connection) -> Job | None:
+            return await _fetch_job(conn, "WHERE job_name = ?", job_name, table="job_last_success")
+
+        return await self._run(work)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1 FROM job_periods LIMIT 1"))
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._conn.close()
+
+    # -- inside a transaction ------------------------------------------------------------------
+
+    async def _reap(self, conn: aiosqlite.Connection, now: int, job_name: str | None = None) -> None:
+        """Record the lapsed running job (of that name, or of every name) abandoned."""
+        rows = await conn.execute_fetchall(
+            "UPDATE jobs SET status = 'failed', error = :error, completed_ms = lease_expires_ms,"
+            " lease_expires_ms = NULL, lease_token = NULL"
+            " WHERE status = 'running' AND lease_expires_ms <= :now AND (:name IS NULL OR job_name = :name)"
+            " RETURNING job_name",
+            {"error": ABANDONED, "now": now, "name": job_name},
+        )
+        for (name,) in rows:
+            await self._trim(conn, name)
+
+    async def _trim(self, conn: aiosqlite.Connection, job_name: str) -> None:
+        await conn.execute(
+            "DELETE FROM jobs WHERE job_name = :name AND status != 'running' AND seq <= ("
+            " SELECT seq FROM jobs WHERE job_name = :name AND status != 'running'"
+            " ORDER BY seq DESC LIMIT 1 OFFSET :keep)",
+            {"name": job_name, "keep": self.history_limit},
+        )
+
+    # -- running work on the connection --------------------------------------------------------
+
+    async def _transaction(self, work: Work[T]) -> T:
+        async def transaction(conn: aiosqlite.Connection) -> T:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = await work(conn)
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+            return outcome
+
+        return await self._run(transaction)
+
+    async def _run(self, work: Work[T]) -> T:
+        """Run `work` alone on the connection, shielded so that a cancelled caller never leaves the
+        connection inside a transaction; database errors become `StoreUnavailableError`."""
+
+        async def locked() -> T:
+            async with self._lock:
+                try:
+                    return await work(self._conn)
+                except sqlite3.Error as exc:
+                    if self._conn.in_transaction:
+                        await self._conn.rollback()
+                    raise StoreUnavailableError(f"job store unavailable: {exc}") from None
+
+        return await asyncio.shield(locked())
+
+
+async def _fetch_job(conn: aiosqlite.Connection, where: str, *args: Any, table: str = "jobs") -> Job | None:
+    rows = await conn.execute_fetchall(f"SELECT {COLUMNS} FROM {table} {where}", args)
+    return next((_job(row) for row in rows), None)
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+    job_id, job_name, trigger, status, started, completed, expires, progress, result, error = row
+    return Job(
+        job_id=job_id, job_name=job_name, trigger=Trigger(trigger), status=JobStatus(status),
+        started_ms=started, completed_ms=completed, lease_expires_ms=expires,
+        progress=_load(progress), result=_load(result), error=error,
+    )
+
+
+def _dump(value: Mapping[str, Any] | None) -> str | None:
+    return json.dumps(dict(value)) if value is not None else None
+
+
+def _load(text: str | None) -> dict[str, Any] | None:
+    return json.loads(text) if text is not None else None
+
+
+def _path(url: str) -> str:
+    """`sqlite:///relative.db` -> 'relative.db'; `sqlite:////abs.db` -> '/abs.db'."""
+    path = url.split("://", 1)[1] if "://" in url else ""
+    if not path.startswith("/") or path == "/":
+        raise StoreUnavailableError("a sqlite job store URL needs a path: sqlite:///relative.db")
+    return path[1:]
