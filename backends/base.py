@@ -16,16 +16,18 @@ Vocabulary:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+T = TypeVar("T")
 ABANDONED = "abandoned"
 # Job ids are secrets.token_urlsafe(16): 22 characters of this alphabet. An id of any other shape
 # cannot exist, so callers may answer "not found" without asking the store.
@@ -203,6 +205,29 @@ class JobStore(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections. The store is not used afterwards."""
+
+
+class SingleFlight:
+    """Concurrent identical reads share one call to the store: 32 clients polling one job cost
+    one query at a time, not 32. A joiner sees a read that began at most one round trip before
+    it arrived. Errors reach every waiter; a cancelled waiter does not cancel the shared call."""
+
+    def __init__(self) -> None:
+        self._calls: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def run(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
+        future = self._calls.get(key)
+        if future is None:
+            future = asyncio.ensure_future(call())
+            self._calls[key] = future
+            future.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(future)
+
+    def _forget(self, key: Hashable, done: asyncio.Future[Any]) -> None:
+        if self._calls.get(key) is done:
+            del self._calls[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a call nobody awaits any more is not reported
 
 
 def new_job_id() -> str:

@@ -28,6 +28,7 @@ from backends.base import (
     Lease,
     LeaseLostError,
     PeriodClaimed,
+    SingleFlight,
     Started,
     StartOutcome,
     StoreUnavailableError,
@@ -183,6 +184,7 @@ class RedisJobStore(JobStore):
         self._prefix = prefix
         self._url = url
         self._scripts = {name: client.register_script(_LIB + body) for name, body in _SCRIPTS.items()}
+        self._reads = SingleFlight()
 
     @classmethod
     async def open(
@@ -209,6 +211,11 @@ class RedisJobStore(JobStore):
         self, job_name: str, trigger: Trigger, *, lease_ms: int, period: int | None = None
     ) -> StartOutcome:
         now = self.clock.now_ms()
+        # Fast path: a live running job (read through the shared `current`) is a true answer for
+        # every trigger that finds it; only the rest run the start script, which checks again.
+        running = await self.current(job_name)
+        if running is not None and now < (running.lease_expires_ms or 0):
+            return AlreadyRunning(running)
         job_id, token, expires = new_job_id(), new_lease_token(), now + lease_ms
         period_arg = "" if period is None else period
         args = (job_name, Trigger(trigger).value, period_arg, job_id, token, expires)
@@ -246,7 +253,9 @@ class RedisJobStore(JobStore):
         # The id becomes part of a key: only a well-formed one ever reaches Redis.
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
-        reply = await self._call("get", self.clock.now_ms(), job_id)
+        reply = await self._reads.run(
+            ("get", job_id), lambda: self._call("get", self.clock.now_ms(), job_id)
+        )
         if not reply:  # never issued, trimmed, or expired
             raise JobNotFoundError(job_id)
         return _job(reply)
@@ -258,7 +267,9 @@ class RedisJobStore(JobStore):
         return [_job(fields) for fields in reply]
 
     async def current(self, job_name: str) -> Job | None:
-        reply = await self._call("current", self.clock.now_ms(), job_name)
+        reply = await self._reads.run(
+            ("current", job_name), lambda: self._call("current", self.clock.now_ms(), job_name)
+        )
         return _job(reply) if reply else None
 
     async def last_success(self, job_name: str) -> Job | None:

@@ -25,6 +25,7 @@ from backends.base import (
     Lease,
     LeaseLostError,
     PeriodClaimed,
+    SingleFlight,
     Started,
     StartOutcome,
     StoreUnavailableError,
@@ -77,6 +78,7 @@ class SqliteJobStore(JobStore):
         self._conn = conn
         # One connection: a transaction's statements must not interleave with another coroutine's.
         self._lock = asyncio.Lock()
+        self._reads = SingleFlight()
 
     @classmethod
     async def open(
@@ -104,6 +106,11 @@ class SqliteJobStore(JobStore):
         self, job_name: str, trigger: Trigger, *, lease_ms: int, period: int | None = None
     ) -> StartOutcome:
         now = self.clock.now_ms()
+        # Fast path, no write lock: a live running job seen in a committed snapshot is a true
+        # answer. Anything else goes through the transaction, which checks again itself.
+        running = await self._read_job("WHERE job_name = ? AND status = 'running'", job_name)
+        if running is not None and _live(running, now):
+            return AlreadyRunning(running)
 
         async def work(conn: aiosqlite.Connection) -> StartOutcome:
             await self._reap(conn, now, job_name)
@@ -193,6 +200,11 @@ class SqliteJobStore(JobStore):
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         now = self.clock.now_ms()
+        job = await self._read_job("WHERE job_id = ?", job_id)  # no write lock unless reaping
+        if job is None:
+            raise JobNotFoundError(job_id)
+        if job.status is not JobStatus.RUNNING or _live(job, now):
+            return job
 
         async def work(conn: aiosqlite.Connection) -> Job | None:
             await self._reap(conn, now)
@@ -218,12 +230,21 @@ class SqliteJobStore(JobStore):
 
     async def current(self, job_name: str) -> Job | None:
         now = self.clock.now_ms()
+        running = await self._read_job("WHERE job_name = ? AND status = 'running'", job_name)
+        if running is None or _live(running, now):
+            return running
 
         async def work(conn: aiosqlite.Connection) -> Job | None:
             await self._reap(conn, now, job_name)
             return await _fetch_job(conn, "WHERE job_name = ? AND status = 'running'", job_name)
 
         return await self._transaction(work)
+
+    async def _read_job(self, where: str, *args: Any) -> Job | None:
+        """A committed snapshot, without the write lock; identical concurrent reads share one."""
+        return await self._reads.run(
+            (where, args), lambda: self._run(lambda conn: _fetch_job(conn, where, *args))
+        )
 
     async def last_success(self, job_name: str) -> Job | None:
         async def work(conn: aiosqlite.Connection) -> Job | None:
@@ -294,6 +315,10 @@ class SqliteJobStore(JobStore):
 async def _fetch_job(conn: aiosqlite.Connection, where: str, *args: Any, table: str = "jobs") -> Job | None:
     rows = await conn.execute_fetchall(f"SELECT {COLUMNS} FROM {table} {where}", args)
     return next((_job(row) for row in rows), None)
+
+
+def _live(job: Job, now: int) -> bool:
+    return job.lease_expires_ms is not None and now < job.lease_expires_ms
 
 
 def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:

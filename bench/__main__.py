@@ -22,6 +22,8 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.http import http_rows
+
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,14 +121,22 @@ def main() -> None:
     parser.add_argument("--layout", default="bench")
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--stores", default="memory,sqlite,redis", help="job stores of the HTTP figures")
     args = parser.parse_args()
-    rows = sweep_rows(args.databases.split(","), args.repeat, args.layout)
+    rows: list[tuple[str, str, str]] = []
+    if not args.skip_sweep:
+        rows += sweep_rows(args.databases.split(","), args.repeat, args.layout)
     if not args.skip_latency:
         rows += latency_rows(args.repeat, args.layout, 100, 16)
+    if not args.skip_http:
+        rows += http_rows(args.repeat, args.stores.split(","))
     width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  {'measured (median of ' + str(args.repeat) + ')':<40}  target")
+    value_width = max(len(r[1]) for r in rows)
+    print(f"{'figure':<{width}}  {'measured (median of ' + str(args.repeat) + ')':<{value_width}}  target")
     for name, value, target in rows:
-        print(f"{name:<{width}}  {value:<40}  {target}")
+        print(f"{name:<{width}}  {value:<{value_width}}  {target}")
 
 
 if __name__ == "__main__":

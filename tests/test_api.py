@@ -304,7 +304,9 @@ async def test_cron_route_is_404_without_a_cron_secret(fetch):
 @pytest.mark.parametrize("env", [{"CRON_SECRET": CRON_SECRET}])
 @pytest.mark.gen_test
 async def test_cron_route_starts_a_cron_run_with_the_cron_secret(fetch, work, env, context):
-    assert_json(await fetch("/api/cron/fetch-market-data", "POST", bearer(TOKEN)), 401, INVALID)
+    wrong = await fetch("/api/cron/fetch-market-data", "POST", bearer(TOKEN))
+    assert_json(wrong, 401, {"error": "Unauthorized", "message": "Invalid cron secret"})
+    assert wrong.headers["WWW-Authenticate"] == 'Bearer realm="cron", error="invalid_token"'
     response = await fetch("/api/cron/fetch-market-data", "GET", bearer(CRON_SECRET))
     assert_json(response, 202)
     job = await context.job_store.get(body_of(response)["jobId"])
@@ -328,16 +330,27 @@ async def test_health_and_readiness(fetch, order_store):
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [(TRIGGER, "POST"), ("/api/admin/jobs", "GET"), ("/api/admin/job-status/x", "GET"),
-     ("/healthz", "GET"), ("/readyz", "GET")],
+     ("/healthz", "GET, HEAD"), ("/readyz", "GET, HEAD")],
 )
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
 @pytest.mark.gen_test
-async def test_method_matrix_answers_405_with_allow(fetch, path, allowed, method):
-    if method == allowed:
-        return
+async def test_method_matrix_answers_405_with_allow(fetch, path, allowed, method, work):
     response = await fetch(path, method, bearer())
+    if method in allowed.split(", "):
+        assert response.code != 405
+        work.finish()
+        return
     assert response.code == 405
     assert response.headers["Allow"] == allowed
+
+
+@pytest.mark.gen_test
+async def test_bodies_are_compact_json_without_etags(fetch):
+    response = await fetch("/api/admin/jobs", headers=bearer())
+    assert response.body == b'{"jobs":[]}'
+    assert "Etag" not in response.headers
+    head = await fetch("/healthz", "HEAD")
+    assert head.code == 200
 
 
 @pytest.mark.gen_test

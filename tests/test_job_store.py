@@ -444,8 +444,7 @@ async def test_sqlite_locked_past_busy_timeout_is_unavailable_then_recovers(sqli
         began = loop.time()
         with pytest.raises(StoreUnavailableError, match="locked"):
             await store.start(NAME, Trigger.MANUAL, lease_ms=LEASE_MS)
-        with pytest.raises(StoreUnavailableError):
-            await store.current(NAME)
+        assert await store.current(NAME) is None  # WAL: reads go on while a writer holds the lock
         assert loop.time() - began < 2
         other.execute("ROLLBACK")
 

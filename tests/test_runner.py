@@ -12,6 +12,7 @@ from backends.memory import MemoryJobStore
 from tests.api_helpers import GatedWork
 from tests.conftest import until
 from tornado_admin.jobs import INTERRUPTED, TIMED_OUT, JobRunner
+from tornado_admin.logs import configure_logging
 from tornado_admin.scheduler import Scheduler
 
 LEASE = 60.0
@@ -195,3 +196,29 @@ async def test_the_periodic_callback_fires_ticks(runner, work, clock):
     [job] = await runner.store.list()
     assert job.trigger is Trigger.SCHEDULE
     work.finish()
+
+
+@pytest.mark.gen_test
+async def test_lines_logged_by_the_work_carry_the_job_fields(store, clock, io_loop):
+    import io
+    import json
+    import sys
+
+    async def work(report):
+        logging.getLogger("tornado_admin.market.fetch").warning("Region failed", extra={"regionId": 7})
+        return {"success": True}
+
+    stream, root = io.StringIO(), logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.excepthook)
+    configure_logging("info", stream=stream)
+    try:
+        runner = JobRunner(store, work, lease_seconds=LEASE, max_duration_seconds=MAX_DURATION, timer=clock)
+        outcome = await runner.start(Trigger.MANUAL)
+        await runner.wait_idle()
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:], root.level, sys.excepthook = saved
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines() if '"Region failed"' in x]
+    assert line["jobId"] == outcome.job.job_id
+    assert (line["jobName"], line["trigger"]) == ("fetch-market-data", "manual")
+    assert line["regionId"] == 7

@@ -48,6 +48,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     request = handler.request
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # skip building the record: this runs for every request
     access_log.log(level, "%s %s %d", request.method, request.path, status, extra={
         "method": request.method, "path": request.path, "status": status,
         "queryKeys": sorted(request.query_arguments), "remoteIp": request.remote_ip,

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(env_files=args.env_file)
     except SettingsError as exc:
-        print(f"tornado-admin: configuration error: {exc}", file=sys.stderr)
+        configure_logging()  # even this line is JSON, like everything else the server prints
+        log.critical("Configuration error: %s", exc)
         return 1  # could not run at all (DESIGN.md section 9); 2 stays argparse's usage error
     if args.command == "dev-token":
         return dev_token(settings)

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import tornado.web
 
 from backends.base import (
@@ -54,7 +55,11 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name.replace("_", "-"), value)
-        self.finish(tornado.escape.json_encode(body))
+        # Compact, as DESIGN.md writes the bodies (scripts grep for "status":"completed").
+        self.finish(orjson.dumps(body))
+
+    def compute_etag(self) -> None:
+        return None  # no-store answers: an ETag would only invite 304s to a poller
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs["exc_info"][1] if "exc_info" in kwargs else None
@@ -62,6 +67,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if isinstance(exc, JobNotFoundError):
             self.reply(404, NOT_FOUND)
         elif isinstance(exc, StoreUnavailableError):
+            log.warning("Job store unavailable", extra={"path": self.request.path, "error": str(exc)})
             self.reply(503, {"error": "Service Unavailable", "message": "Job store unavailable, retry later"},
                        Retry_After=str(RETRY_AFTER_SECONDS))
         elif status_code == 405:
@@ -87,6 +93,9 @@ class JsonHandler(tornado.web.RequestHandler):
 class AdminHandler(JsonHandler):
     """Admin routes: a Bearer token from ADMIN_TOKEN, checked after the method."""
 
+    REALM = "admin"
+    INVALID_MESSAGE = "Invalid admin token"
+
     def tokens(self) -> tuple[str, ...]:
         return self.context.settings.admin_tokens
 
@@ -101,15 +110,15 @@ class AdminHandler(JsonHandler):
             self.reply(500, {"error": "Server misconfiguration"})
         elif verdict is Verdict.DUPLICATE:
             self.reply(400, {"error": "Bad Request", "message": "Send exactly one Authorization header"},
-                       WWW_Authenticate='Bearer realm="admin", error="invalid_request"')
+                       WWW_Authenticate=f'Bearer realm="{self.REALM}", error="invalid_request"')
         elif verdict is Verdict.INVALID:
             log.warning("Invalid admin token provided", extra=fields)
-            self.reply(401, {"error": "Unauthorized", "message": "Invalid admin token"},
-                       WWW_Authenticate='Bearer realm="admin", error="invalid_token"')
+            self.reply(401, {"error": "Unauthorized", "message": self.INVALID_MESSAGE},
+                       WWW_Authenticate=f'Bearer realm="{self.REALM}", error="invalid_token"')
         else:
             log.warning("Missing or invalid Authorization header", extra=fields)
             self.reply(401, {"error": "Unauthorized", "message": MISSING_AUTH},
-                       WWW_Authenticate='Bearer realm="admin"')
+                       WWW_Authenticate=f'Bearer realm="{self.REALM}"')
 
     async def start_run(self, trigger: Trigger) -> None:
         runner = self.context.runner
@@ -144,6 +153,8 @@ class CronHandler(AdminHandler):
     """`/api/cron/fetch-market-data` for an external cron, with CRON_SECRET; 404 when unset."""
 
     ALLOWED = ("GET", "POST")
+    REALM = "cron"
+    INVALID_MESSAGE = "Invalid cron secret"
 
     def tokens(self) -> tuple[str, ...]:
         secret = self.context.settings.cron_secret
@@ -180,11 +191,20 @@ class JobsHandler(AdminHandler):
 
 
 class HealthHandler(JsonHandler):
+    ALLOWED = ("GET", "HEAD")  # load balancers often probe with HEAD
+
     def get(self) -> None:
         self.reply(200, {"status": "ok"})
 
+    head = get
+
 
 class ReadyHandler(JsonHandler):
+    ALLOWED = ("GET", "HEAD")
+
+    async def head(self) -> None:
+        await self.get()
+
     async def get(self) -> None:
         checks = dict(zip(
             ("jobStore", "marketDatabase"),

@@ -25,6 +25,7 @@ from backends.base import (
     Trigger,
 )
 from tornado_admin.clock import LoopTimer, Timer
+from tornado_admin.logs import job_fields
 
 log = logging.getLogger("tornado_admin.jobs")
 
@@ -119,6 +120,7 @@ class JobRunner:
         return {"jobId": run.lease.job_id, "jobName": self.job_name, "trigger": run.trigger.value}
 
     async def _supervise(self, run: _Run) -> None:
+        job_fields.set(self._fields(run))  # this task's context, copied into the work's task
         work = asyncio.create_task(self._work(run.progress.update), name=f"work-{run.lease.job_id}")
         try:
             outcome = await self._watch(run, work)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -24,6 +25,20 @@ _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s,;\"']+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:token|access_token|api_key|key|secret|password)=)[^&\s\"']+")
 _RESERVED = frozenset(RESERVED_ATTRS) | {"message", "asctime"}
+
+
+# The run a coroutine works for: set by the job runner, inherited by every task the run starts,
+# so a line logged deep in the sweep ("Region failed") still names its job.
+job_fields: ContextVar[Mapping[str, str] | None] = ContextVar("job_fields", default=None)
+
+
+class JobFieldsFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = job_fields.get()
+        if fields:
+            for name, value in fields.items():
+                record.__dict__.setdefault(name, value)
+        return True
 
 
 class RedactingFilter(logging.Filter):
@@ -82,6 +97,7 @@ def json_handler(stream: TextIO, secrets: Iterable[str] = ()) -> logging.Handler
             datefmt="%Y-%m-%dT%H:%M:%S%z",
         )
     )
+    handler.addFilter(JobFieldsFilter())
     handler.addFilter(RedactingFilter(secrets))
     return handler
 
