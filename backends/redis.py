@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -188,8 +188,13 @@ class RedisJobStore(JobStore):
 
     @classmethod
     async def open(
-        cls, url: str, *, clock: Clock, history_limit: int, prefix: str = DEFAULT_PREFIX
+        cls, url: str, *, clock: Clock, history_limit: int, prefix: str | None = None
     ) -> RedisJobStore:
+        # `?prefix=name` keeps several deployments (or test runs) apart in one Redis database.
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = prefix or query.pop("prefix", [DEFAULT_PREFIX])[0]
+        url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         try:
             # No retries: a script whose reply was lost may have run, and must not run twice.
             client = aioredis.Redis.from_url(

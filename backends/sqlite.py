@@ -34,6 +34,7 @@ from backends.base import (
     new_job_id,
     new_lease_token,
 )
+from backends.sqlitefile import set_up
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
@@ -92,11 +93,7 @@ class SqliteJobStore(JobStore):
             raise StoreUnavailableError(f"cannot open job store {path}: {exc}") from None
         store = cls(conn, clock, history_limit)
         try:
-            # NORMAL is durable in WAL mode except for the last commits before a power loss.
-            pragmas = (f"busy_timeout = {int(busy_timeout_ms)}", "journal_mode = WAL", "synchronous = NORMAL")
-            for pragma in pragmas:
-                await conn.execute(f"PRAGMA {pragma}")
-            await conn.executescript(SCHEMA)
+            await set_up(conn, SCHEMA, busy_timeout_ms=busy_timeout_ms)
         except sqlite3.Error as exc:
             await conn.close()
             raise StoreUnavailableError(f"cannot open job store {path}: {exc}") from None
@@ -253,7 +250,9 @@ class SqliteJobStore(JobStore):
         return await self._run(work)
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1 FROM job_periods LIMIT 1"))
+        # The write lock, not just a read: WAL readers go on while another process holds the
+        # file locked, and such a store would still turn every trigger into a 503.
+        await self._transaction(lambda conn: conn.execute("SELECT 1 FROM job_periods LIMIT 1"))
 
     async def close(self) -> None:
         async with self._lock:

@@ -9,12 +9,14 @@ import secrets
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 from tornado.ioloop import IOLoop
 
+from tests.server_helpers import ServerProcess
 from tornado_admin.fake_esi import FakeEsi
 from tornado_admin.market.orders import OrderStore, open_order_store
 
@@ -163,3 +165,21 @@ def fake_esi(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[FakeEsi]]]:
     yield start
     for server in started:
         io_loop.run_sync(server.stop)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., ServerProcess]]:
+    """Start server processes: `server = servers(env, cwd)`; killed at teardown if still up."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str], cwd: Path) -> ServerProcess:
+        server = ServerProcess(env, cwd)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+        server._log.close()

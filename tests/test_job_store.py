@@ -534,3 +534,31 @@ async def test_redis_expiry_collects_finished_jobs_but_is_never_the_lease(redis_
         assert all(k.decode().startswith(f"{stores.prefix}:") for k in await client.keys(f"{stores.prefix}*"))
     finally:
         await client.aclose()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_instances_sharing_a_store_make_one_scheduled_run_per_period(shared_stores, clock):
+    from tests.api_helpers import GatedWork
+    from tornado_admin.jobs import JobRunner
+    from tornado_admin.scheduler import Scheduler
+
+    work = GatedWork()
+    schedulers = []
+    for _ in range(3):  # three instances, each with its own connection to the store
+        runner = JobRunner(await shared_stores.open(), work, lease_seconds=60, max_duration_seconds=600,
+                           timer=clock)
+        schedulers.append((runner, Scheduler(runner, clock, interval_seconds=1800)))
+
+    for period in range(3):
+        outcomes = await asyncio.gather(*(s.tick() for _, s in schedulers))
+        assert sum(isinstance(o, Started) for o in outcomes) == 1, (period, outcomes)
+        assert all(isinstance(o, Started | PeriodClaimed | AlreadyRunning) for o in outcomes)
+        work.finish()
+        for runner, _ in schedulers:
+            await runner.wait_idle()
+        work.gate.clear()
+        late = await asyncio.gather(*(s.tick() for _, s in schedulers))  # same period, run done
+        assert all(isinstance(o, PeriodClaimed) for o in late)
+        clock.advance(1800)
+    jobs = await (await shared_stores.open()).list(NAME)
+    assert [j.trigger for j in jobs] == [Trigger.SCHEDULE] * 3

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(env_files=args.env_file)
     except SettingsError as exc:
         configure_logging()  # even this line is JSON, like everything else the server prints
-        log.critical("Configuration error: %s", exc)
+        logging.getLogger("tornado_admin").critical("Configuration error: %s", exc)
         return 1  # could not run at all (DESIGN.md section 9); 2 stays argparse's usage error
     if args.command == "dev-token":
         return dev_token(settings)

@@ -211,6 +211,7 @@ class FakeEsi:
                 yield self
             finally:
                 asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
+                asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result()
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
@@ -404,3 +405,11 @@ class FakeEsi:
         if extra:
             headers.update(extra)
         return _Reply(status, body, headers)
+
+
+async def _cancel_the_rest() -> None:
+    """End the requests still held (latency, "hang") before their loop closes under them."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

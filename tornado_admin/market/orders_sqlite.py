@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import aiosqlite
 
+from backends.sqlitefile import set_up
 from tornado_admin.clock import iso
 from tornado_admin.market.orders import (
     OrderStore,
@@ -91,9 +92,7 @@ class SqliteOrderStore(OrderStore):
         return store
 
     async def _setup(self) -> None:
-        for pragma in ("journal_mode = WAL", "synchronous = NORMAL", f"busy_timeout = {BUSY_TIMEOUT_MS}"):
-            await self._conn.execute(f"PRAGMA {pragma}")
-        await self._conn.executescript(SCHEMA)
+        await set_up(self._conn, SCHEMA, busy_timeout_ms=BUSY_TIMEOUT_MS)
 
     async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` alone on the connection, shielded from cancellation so that a transaction
