@@ -216,3 +216,4 @@ def test_a_store_outage_answers_503_and_work_resumes_when_it_returns(servers, tm
         assert server.stop() == 0
     messages = [json.loads(line)["message"] for line in server.output().splitlines()]
     assert "Job store unavailable" in messages
+    assert "Scheduler started" in messages

@@ -59,6 +59,7 @@ def test_every_printed_line_is_json_and_no_token_leaks(servers, tmp_path):
     assert TOKEN not in output
     assert env["CRON_SECRET"] not in output
     assert any(line["message"] == "Invalid admin token provided" for line in lines)
+    assert not any(line["message"] == "Scheduler started" for line in lines)  # SCHEDULER_ENABLED=false
     assert any(line["message"] == "Missing or invalid Authorization header" for line in lines)
 
 
