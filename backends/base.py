@@ -198,6 +198,20 @@ class JobStore(ABC):
         """The most recently completed job of that name, kept even when the history no longer
         holds it; None if there never was one. Raises `StoreUnavailableError`."""
 
+    # -- the API's failed-authentication throttle: state every instance must share, so it lives
+    # here too. Counted in fixed windows (`now // window_ms`), kept as data like the leases.
+
+    @abstractmethod
+    async def note_auth_failure(self, client: str, *, window_ms: int) -> int:
+        """Count one failed authentication of `client` (an address) in the current window and
+        return the window's count so far. Atomic: N concurrent calls count N. Old windows may be
+        forgotten. Raises `StoreUnavailableError`."""
+
+    @abstractmethod
+    async def auth_failures(self, client: str, *, window_ms: int) -> tuple[int, int]:
+        """(failed authentications of `client` in the current window, milliseconds until that
+        window ends). Raises `StoreUnavailableError`."""
+
     @abstractmethod
     async def ping(self) -> None:
         """Return if the store answers; raise `StoreUnavailableError` otherwise."""

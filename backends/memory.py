@@ -38,6 +38,7 @@ class MemoryJobStore(JobStore):
         self._tokens: dict[str, str] = {}  # running job id -> its lease token
         self._periods: dict[str, int] = {}  # job name -> last period claimed
         self._last_success: dict[str, Job] = {}
+        self._auth_failures: dict[tuple[str, int], int] = {}  # (client, window) -> failures
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock, history_limit: int) -> MemoryJobStore:
@@ -114,6 +115,19 @@ class MemoryJobStore(JobStore):
 
     async def last_success(self, job_name: str) -> Job | None:
         return self._last_success.get(job_name)
+
+    async def note_auth_failure(self, client: str, *, window_ms: int) -> int:
+        window = self.clock.now_ms() // window_ms
+        if len(self._auth_failures) > 10_000:  # forget past windows before they pile up
+            self._auth_failures = {k: v for k, v in self._auth_failures.items() if k[1] >= window}
+        count = self._auth_failures.get((client, window), 0) + 1
+        self._auth_failures[(client, window)] = count
+        return count
+
+    async def auth_failures(self, client: str, *, window_ms: int) -> tuple[int, int]:
+        now = self.clock.now_ms()
+        window = now // window_ms
+        return self._auth_failures.get((client, window), 0), (window + 1) * window_ms - now
 
     async def ping(self) -> None:
         return None

@@ -284,6 +284,25 @@ class RedisJobStore(JobStore):
             raise self._unavailable(exc) from None
         return _job(fields) if fields else None
 
+    async def note_auth_failure(self, client: str, *, window_ms: int) -> int:
+        key = f"{self._prefix}:authfail:{self.clock.now_ms() // window_ms}:{client}"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: count, then GC
+                count, _ = await pipe.incr(key).pexpire(key, 2 * window_ms).execute()
+        except UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
+        return int(count)
+
+    async def auth_failures(self, client: str, *, window_ms: int) -> tuple[int, int]:
+        now = self.clock.now_ms()
+        window = now // window_ms
+        key = f"{self._prefix}:authfail:{window}:{client}"
+        try:
+            count = await self._reads.run(("auth", key), lambda: self._redis.get(key))
+        except UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
+        return int(count or 0), (window + 1) * window_ms - now
+
     async def ping(self) -> None:
         try:
             await self._redis.ping()

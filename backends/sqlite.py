@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS job_periods (
     job_name TEXT PRIMARY KEY,
     period   INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS auth_failures (
+    client TEXT NOT NULL, window_index INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (client, window_index)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_last_success (
     job_name TEXT PRIMARY KEY,
     job_id TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL, started_ms INTEGER NOT NULL,
@@ -248,6 +252,32 @@ class SqliteJobStore(JobStore):
             return await _fetch_job(conn, "WHERE job_name = ?", job_name, table="job_last_success")
 
         return await self._run(work)
+
+    async def note_auth_failure(self, client: str, *, window_ms: int) -> int:
+        window = self.clock.now_ms() // window_ms
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            await conn.execute("DELETE FROM auth_failures WHERE window_index < ?", (window,))
+            rows = await conn.execute_fetchall(
+                "INSERT INTO auth_failures (client, window_index, count) VALUES (?, ?, 1)"
+                " ON CONFLICT (client, window_index) DO UPDATE SET count = count + 1 RETURNING count",
+                (client, window),
+            )
+            return next(iter(rows))[0]
+
+        return await self._transaction(work)
+
+    async def auth_failures(self, client: str, *, window_ms: int) -> tuple[int, int]:
+        now = self.clock.now_ms()
+        window = now // window_ms
+
+        async def read() -> int:
+            rows = await self._run(lambda conn: conn.execute_fetchall(
+                "SELECT count FROM auth_failures WHERE client = ? AND window_index = ?", (client, window)
+            ))  # fmt: skip
+            return next((row[0] for row in rows), 0)
+
+        return await self._reads.run(("auth", client, window), read), (window + 1) * window_ms - now
 
     async def ping(self) -> None:
         # The write lock, not just a read: WAL readers go on while another process holds the

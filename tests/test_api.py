@@ -359,3 +359,15 @@ async def test_unknown_routes_are_json_404s(fetch):
         response = await fetch(path, headers=bearer())
         assert_json(response, 404)
         assert b"<html" not in response.body
+
+
+@pytest.mark.gen_test
+async def test_the_throttle_lifts_when_the_window_passes(fetch, clock):
+    clock.ms -= clock.ms % 60_000  # the start of a window
+    for _ in range(11):
+        assert (await fetch("/api/admin/jobs", headers=bearer("wrong"))).code == 401
+    throttled = await fetch("/api/admin/jobs", headers=bearer())
+    assert_json(throttled, 429)
+    assert throttled.headers["Retry-After"] == "60"
+    clock.advance(60)
+    assert (await fetch("/api/admin/jobs", headers=bearer())).code == 200

@@ -562,3 +562,32 @@ async def test_instances_sharing_a_store_make_one_scheduled_run_per_period(share
         clock.advance(1800)
     jobs = await (await shared_stores.open()).list(NAME)
     assert [j.trigger for j in jobs] == [Trigger.SCHEDULE] * 3
+
+
+# -- the failed-authentication throttle ---------------------------------------------------------
+
+WINDOW_MS = 60_000
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_auth_failures_count_per_client_and_window(store, clock):
+    clock.ms -= clock.ms % WINDOW_MS  # the start of a window
+    clock.advance(30)
+    assert await store.auth_failures("10.0.0.1", window_ms=WINDOW_MS) == (0, 30_000)
+    counts = [await store.note_auth_failure("10.0.0.1", window_ms=WINDOW_MS) for _ in range(3)]
+    assert counts == [1, 2, 3]
+    assert (await store.auth_failures("10.0.0.1", window_ms=WINDOW_MS))[0] == 3
+    assert (await store.auth_failures("10.0.0.2", window_ms=WINDOW_MS))[0] == 0  # per address
+    clock.advance(60)  # the next window starts clean
+    assert (await store.auth_failures("10.0.0.1", window_ms=WINDOW_MS))[0] == 0
+    assert await store.note_auth_failure("10.0.0.1", window_ms=WINDOW_MS) == 1
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_concurrent_auth_failures_all_count(shared_stores, clock):
+    stores = [await shared_stores.open() for _ in range(2)]  # two instances
+    counts = await asyncio.gather(
+        *(stores[i % 2].note_auth_failure("::1", window_ms=WINDOW_MS) for i in range(40))
+    )
+    assert sorted(counts) == list(range(1, 41))
+    assert (await stores[0].auth_failures("::1", window_ms=WINDOW_MS))[0] == 40

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,9 @@ from tornado_admin.context import AppContext, job_body
 log = logging.getLogger("tornado_admin.api")
 
 RETRY_AFTER_SECONDS = 5
+# DESIGN.md section 4: past 10 failed authentications a minute from one address, 429.
+FAILED_AUTH_LIMIT = 10
+FAILED_AUTH_WINDOW_MS = 60_000
 MAX_LIST_LIMIT = 100
 MISSING_AUTH = "Missing or invalid Authorization header. Use: Authorization: Bearer <token>"
 NOT_FOUND = {"error": "Not Found", "message": "Job not found or expired"}
@@ -100,12 +104,27 @@ class AdminHandler(JsonHandler):
     def tokens(self) -> tuple[str, ...]:
         return self.context.settings.admin_tokens
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         super().prepare()
-        verdict = check_bearer(self.request.headers.get_list("Authorization"), self.tokens())
+        tokens, store = self.tokens(), self.context.job_store
+        client = self.request.remote_ip or "unknown"
+        fields = {"method": self.request.method, "path": self.request.path}
+        if tokens:
+            # Before the token is even looked at, so a throttled client learns nothing from it;
+            # per address, so an attacker elsewhere never locks the operator out.
+            failures, left_ms = await store.auth_failures(client, window_ms=FAILED_AUTH_WINDOW_MS)
+            if failures > FAILED_AUTH_LIMIT:
+                self.reply(429, {"error": "Too Many Requests",
+                                 "message": "Too many failed authentication attempts, retry later"},
+                           Retry_After=str(max(1, math.ceil(left_ms / 1000))))
+                return
+        verdict = check_bearer(self.request.headers.get_list("Authorization"), tokens)
         if verdict is Verdict.OK:
             return
-        fields = {"method": self.request.method, "path": self.request.path}
+        if verdict in (Verdict.MALFORMED, Verdict.INVALID, Verdict.DUPLICATE):
+            failures = await store.note_auth_failure(client, window_ms=FAILED_AUTH_WINDOW_MS)
+            if failures == FAILED_AUTH_LIMIT + 1:  # once per client and window, not per request
+                log.warning("Failed-authentication throttle engaged", extra={**fields, "client": client})
         if verdict is Verdict.MISCONFIGURED:
             log.error("Admin request refused: ADMIN_TOKEN is not set", extra=fields)
             self.reply(500, {"error": "Server misconfiguration"})
@@ -163,10 +182,10 @@ class CronHandler(AdminHandler):
         secret = self.context.settings.cron_secret
         return (secret,) if secret else ()
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if not self.context.settings.cron_secret:
             raise tornado.web.HTTPError(404)
-        super().prepare()
+        await super().prepare()
 
     async def get(self) -> None:
         await self.start_run(Trigger.CRON)
