@@ -35,8 +35,10 @@ def check_bearer(headers: Sequence[str], tokens: Sequence[str]) -> Verdict:
     match = _BEARER.fullmatch(headers[0])
     if match is None or match[1].lower() != "bearer":
         return Verdict.MALFORMED
-    presented = match[2].encode("utf-8", "surrogateescape")
+    # surrogatepass on both sides: every str has exactly one encoding, so no two different
+    # strings compare equal, and no text at all (lone surrogates included) can make it raise.
+    presented = match[2].encode("utf-8", "surrogatepass")
     matched = False
     for token in tokens:
-        matched |= hmac.compare_digest(presented, token.encode("utf-8"))
+        matched |= hmac.compare_digest(presented, token.encode("utf-8", "surrogatepass"))
     return Verdict.OK if matched else Verdict.INVALID

@@ -46,6 +46,10 @@ class JsonHandler(tornado.web.RequestHandler):
     def initialize(self, context: AppContext) -> None:
         self.context = context
 
+    def hidden(self) -> bool:
+        """True where the route answers 404 to everything."""
+        return False
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
@@ -74,6 +78,10 @@ class JsonHandler(tornado.web.RequestHandler):
             log.warning("Job store unavailable", extra={"path": self.request.path, "error": str(exc)})
             self.reply(503, {"error": "Service Unavailable", "message": "Job store unavailable, retry later"},
                        Retry_After=str(RETRY_AFTER_SECONDS))
+        elif status_code == 405 and self.hidden():
+            # Tornado answers methods it does not know with 405 before any handler code runs:
+            # on a route that does not exist (for this server), that would give the route away.
+            self.reply(404, {"error": "Not Found", "message": "No such route"})
         elif status_code == 405:
             message = self.METHOD_MESSAGE or f"Use {' or '.join(self.ALLOWED)}"
             allow = ", ".join(self.ALLOWED)
@@ -182,8 +190,11 @@ class CronHandler(AdminHandler):
         secret = self.context.settings.cron_secret
         return (secret,) if secret else ()
 
+    def hidden(self) -> bool:
+        return not self.context.settings.cron_secret
+
     async def prepare(self) -> None:
-        if not self.context.settings.cron_secret:
+        if self.hidden():
             raise tornado.web.HTTPError(404)
         await super().prepare()
 
@@ -195,6 +206,14 @@ class CronHandler(AdminHandler):
 
 
 class JobStatusHandler(AdminHandler):
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # Tornado would answer an id that is not UTF-8 with its own 400, before the method and
+        # credential checks; such an id is simply one we never issued.
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+
     async def get(self, job_id: str) -> None:
         if not is_job_id(job_id):  # never a store key outside the ids we issue
             raise JobNotFoundError(job_id)
@@ -205,7 +224,8 @@ class JobStatusHandler(AdminHandler):
 class JobsHandler(AdminHandler):
     async def get(self) -> None:
         raw = self.get_query_argument("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+        # isascii first: str.isdigit() also takes "²" and "٣", which int() refuses or reads as 3.
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
             raise tornado.web.HTTPError(400, f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
         jobs = await self.context.job_store.list(self.context.runner.job_name, limit=int(raw))
         now, runner = self.context.clock.now_ms(), self.context.runner
@@ -241,6 +261,9 @@ class ReadyHandler(JsonHandler):
 class NotFoundHandler(JsonHandler):
     ALLOWED = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
+    def hidden(self) -> bool:
+        return True
+
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404)
 
@@ -254,8 +277,11 @@ async def _answers(ping: Any, timeout_seconds: float = 2.0) -> str:
 
 
 def routes(context: AppContext) -> list[tuple[str, type[tornado.web.RequestHandler], dict]]:
+    from tornado_admin.openapi import OpenApiHandler  # it builds on this module's handlers
+
     args = {"context": context}
     return [
+        (r"/api/openapi.json", OpenApiHandler, args),
         (r"/api/admin/trigger-fetch", TriggerHandler, args),
         (r"/api/admin/job-status/(.*)", JobStatusHandler, args),
         (r"/api/admin/jobs", JobsHandler, args),

@@ -28,6 +28,7 @@ PLACEHOLDER_TOKENS = frozenset(
     {"your-admin-token", "your-secret-token", "your-token-here", "changeme", "admin-token"}
 )
 MIN_TOKEN_LENGTH = 32
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -91,7 +92,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     base = get("ESI_API_BASE_URL") or DEFAULT_ESI_BASE_URL
     return Settings(
         admin_tokens=_tokens(get("ADMIN_TOKEN")),
-        cron_secret=get("CRON_SECRET"),
+        cron_secret=_cron_secret(get("CRON_SECRET")),
         job_store_url=_url(
             "JOB_STORE_URL", get("JOB_STORE_URL") or "memory://",
             ("memory", "sqlite", "redis", "rediss"),
@@ -137,7 +138,16 @@ def _tokens(raw: str | None) -> tuple[str, ...]:
                 f"ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
                 "(each one, when several are comma-separated)"
             )
+        if not _HEADER_SAFE.fullmatch(token):
+            # A header carries it: anything else could never be sent, or sent differently.
+            raise SettingsError("ADMIN_TOKEN must be printable ASCII without spaces")
     return tokens
+
+
+def _cron_secret(raw: str | None) -> str | None:
+    if raw is not None and not _HEADER_SAFE.fullmatch(raw):
+        raise SettingsError("CRON_SECRET must be printable ASCII without spaces")
+    return raw
 
 
 def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
