@@ -10,7 +10,7 @@ from typing import Any
 
 from backends.memory import MemoryJobStore
 from tornado_admin.context import AppContext
-from tornado_admin.jobs import JobFailedError, JobRunner, ProgressReport, Work
+from tornado_admin.jobs import JobFailedError, JobRunner, RunContext, Work
 from tornado_admin.market.orders import OrderStore
 from tornado_admin.settings import settings_from
 
@@ -29,9 +29,9 @@ class GatedWork:
         self.fail_with: BaseException | None = None
         self.result: Mapping[str, Any] = {"success": True, "successCount": 1}
 
-    async def __call__(self, report: ProgressReport) -> Mapping[str, Any]:
+    async def __call__(self, run: RunContext) -> Mapping[str, Any]:
         self.runs += 1
-        report({"regionsTotal": 2, "regionsDone": 1, "ordersStored": 10})
+        run.report({"regionsTotal": 2, "regionsDone": 1, "ordersStored": 10})
         self.started.set()
         await self.gate.wait()
         if self.fail_with is not None:

@@ -67,6 +67,11 @@ class FakeClock:
         self._wake()
         return future
 
+    @property
+    def waiting(self) -> int:
+        """How many sleeps are pending: a test advances once the code under test waits."""
+        return sum(not future.done() for _, _, future in self._sleepers)
+
     def advance(self, seconds: float) -> None:
         self.ms += round(seconds * 1000)
         self._wake()

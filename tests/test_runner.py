@@ -7,11 +7,19 @@ import logging
 
 import pytest
 
-from backends.base import ABANDONED, AlreadyRunning, JobStatus, PeriodClaimed, Started, Trigger
+from backends.base import (
+    ABANDONED,
+    AlreadyRunning,
+    JobStatus,
+    PeriodClaimed,
+    Started,
+    StoreUnavailableError,
+    Trigger,
+)
 from backends.memory import MemoryJobStore
 from tests.api_helpers import GatedWork
 from tests.conftest import until
-from tornado_admin.jobs import INTERRUPTED, TIMED_OUT, JobRunner
+from tornado_admin.jobs import INTERRUPTED, TIMED_OUT, JobRunner, ShuttingDownError
 from tornado_admin.logs import configure_logging
 from tornado_admin.scheduler import Scheduler
 
@@ -49,6 +57,7 @@ async def test_the_lease_is_renewed_every_third_with_progress(runner, work, stor
     first_expiry = (await store.get(job_id)).lease_expires_ms
     assert (await store.get(job_id)).progress is None  # not yet sent to the store
 
+    await until(lambda: clock.waiting)
     clock.advance(LEASE / 3)
     await until(lambda: store._jobs[job_id].lease_expires_ms > first_expiry)
     job = await store.get(job_id)
@@ -64,7 +73,8 @@ async def test_the_lease_is_renewed_every_third_with_progress(runner, work, stor
 
 
 async def heartbeat(clock, store, job_id: str) -> None:
-    """Let a third of the lease pass and wait until the runner has renewed."""
+    """Once the runner waits, let a third of the lease pass and wait until it has renewed."""
+    await until(lambda: clock.waiting)
     clock.advance(LEASE / 3)
     await until(lambda: store._jobs[job_id].lease_expires_ms == clock.now_ms() + LEASE * 1000)
 
@@ -75,6 +85,7 @@ async def test_a_run_past_its_maximum_duration_is_cancelled_and_failed(runner, w
     for _ in range(int(MAX_DURATION / (LEASE / 3)) - 1):
         await heartbeat(clock, store, job_id)
     assert runner.active == [job_id]
+    await until(lambda: clock.waiting)
     clock.advance(LEASE / 3)  # now at the maximum duration
     await until(lambda: not runner.active)
     job = await store.get(job_id)
@@ -86,12 +97,12 @@ async def test_a_run_past_its_maximum_duration_is_cancelled_and_failed(runner, w
 @pytest.mark.gen_test
 async def test_a_lost_lease_stops_the_work_and_records_nothing(runner, work, store, clock, caplog):
     job_id = await start(runner, work)
-    clock.advance(LEASE + 1)  # the process "froze" past its lease: the first renew finds it lapsed
+    clock.advance(LEASE + 1)  # the process "froze" past its lease: it stops without asking
     await until(lambda: not runner.active)
     job = await store.get(job_id)
     assert (job.status, job.error) == (JobStatus.FAILED, ABANDONED)
     assert job.completed_ms == job.started_ms + LEASE * 1000
-    assert "Job lease lost: stopping its work" in caplog.text
+    assert "Job lease lapsed before it could be renewed: stopping the work" in caplog.text
 
 
 @pytest.mark.gen_test
@@ -204,7 +215,7 @@ async def test_lines_logged_by_the_work_carry_the_job_fields(store, clock, io_lo
     import json
     import sys
 
-    async def work(report):
+    async def work(run):
         logging.getLogger("tornado_admin.market.fetch").warning("Region failed", extra={"regionId": 7})
         return {"success": True}
 
@@ -222,3 +233,84 @@ async def test_lines_logged_by_the_work_carry_the_job_fields(store, clock, io_lo
     assert line["jobId"] == outcome.job.job_id
     assert (line["jobName"], line["trigger"]) == ("fetch-market-data", "manual")
     assert line["regionId"] == 7
+
+
+class FlakyStore(MemoryJobStore):
+    """The memory store with faults switched on by the test: the runner's side is under test."""
+
+    def __init__(self, clock) -> None:
+        super().__init__(clock, history_limit=10)
+        self.renew_error: BaseException | None = None
+        self.start_gate: asyncio.Event | None = None
+
+    async def renew(self, lease, **options):
+        if self.renew_error is not None:
+            raise self.renew_error
+        return await super().renew(lease, **options)
+
+    async def start(self, job_name, trigger, **options):
+        if self.start_gate is not None:
+            await self.start_gate.wait()
+        return await super().start(job_name, trigger, **options)
+
+
+@pytest.fixture
+def flaky(clock):
+    return FlakyStore(clock)
+
+
+@pytest.fixture
+def flaky_runner(flaky, work, clock, io_loop):
+    runner = JobRunner(flaky, work, lease_seconds=LEASE, max_duration_seconds=MAX_DURATION, timer=clock)
+    yield runner
+    io_loop.run_sync(runner.shutdown)
+
+
+@pytest.mark.gen_test
+async def test_an_unreachable_store_stops_the_work_when_the_lease_would_lapse(
+    flaky_runner, flaky, work, clock
+):
+    job_id = await start(flaky_runner, work)
+    flaky.renew_error = StoreUnavailableError("down")
+    for _ in range(2):  # two failed heartbeats at 20 s and 40 s: the work goes on
+        await until(lambda: clock.waiting)
+        clock.advance(LEASE / 3)
+        await asyncio.sleep(0)
+    assert flaky_runner.active == [job_id]
+    await until(lambda: clock.waiting)
+    clock.advance(LEASE / 3)  # 60 s: the lease this process last held is over
+    await until(lambda: not flaky_runner.active)
+    assert not work.gate.is_set()  # stopped, not finished
+    assert flaky._jobs[job_id].status is JobStatus.RUNNING  # nothing recorded: the store was down
+
+
+@pytest.mark.gen_test
+async def test_an_unexpected_store_error_never_leaves_the_work_unwatched(
+    flaky_runner, flaky, work, clock, caplog
+):
+    job_id = await start(flaky_runner, work)
+    flaky.renew_error = RuntimeError("a bug, or a reply nobody expected")
+    await until(lambda: clock.waiting)
+    clock.advance(LEASE / 3)
+    await until(lambda: not flaky_runner.active)
+    assert "Job supervision failed: stopping its work" in caplog.text
+    flaky.renew_error = None
+    job = await flaky.get(job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, "internal error (supervision)")
+
+
+@pytest.mark.gen_test
+async def test_a_start_in_flight_at_shutdown_is_interrupted_not_orphaned(flaky_runner, flaky, work):
+    flaky.start_gate = asyncio.Event()
+    trigger = asyncio.ensure_future(flaky_runner.start(Trigger.MANUAL))
+    await asyncio.sleep(0)
+    shutdown = asyncio.ensure_future(flaky_runner.shutdown())
+    await asyncio.sleep(0)
+    flaky.start_gate.set()  # the store answers only now, after shutdown began
+    outcome = await trigger
+    await shutdown
+    assert isinstance(outcome, Started)
+    job = await flaky.get(outcome.job.job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, INTERRUPTED)
+    with pytest.raises(ShuttingDownError):
+        await flaky_runner.start(Trigger.MANUAL)

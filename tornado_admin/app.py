@@ -16,7 +16,7 @@ import tornado.web
 from backends.base import Clock, JobStore, JobStoreError, SystemClock, open_store
 from tornado_admin.context import AppContext
 from tornado_admin.handlers import NotFoundHandler, routes
-from tornado_admin.jobs import JobFailedError, JobRunner, ProgressReport, Work
+from tornado_admin.jobs import JobFailedError, JobRunner, RunContext, Work
 from tornado_admin.market.esi import EsiClient
 from tornado_admin.market.fetch import SweepError, fetch_all_regions
 from tornado_admin.market.orders import OrderStore, OrderStoreError, open_order_store
@@ -60,11 +60,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def fetch_work(settings: Settings, esi: EsiClient, orders: OrderStore, clock: Clock) -> Work:
     """The fetch-market-data job: one sweep, its result the job's result."""
 
-    async def work(report: ProgressReport) -> Mapping[str, Any]:
+    async def work(run: RunContext) -> Mapping[str, Any]:
         try:
             result = await fetch_all_regions(
                 esi, orders, region_ids=settings.esi_regions, concurrency=settings.esi_concurrency,
-                clock=clock, progress=lambda p: report(p.to_dict()),
+                clock=clock, progress=lambda p: run.report(p.to_dict()), may_write=run.holds_lease,
             )  # fmt: skip
         except SweepError as exc:
             raise JobFailedError(str(exc)) from None

@@ -37,11 +37,25 @@ LEASE_LOST = "lease lost"
 _KIND = {Trigger.MANUAL: "Manual", Trigger.SCHEDULE: "Scheduled", Trigger.CRON: "Cron"}
 
 ProgressReport = Callable[[Mapping[str, Any]], None]
-Work = Callable[[ProgressReport], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass
+class RunContext:
+    """What the work is handed: where to report progress, and whether it may still write."""
+
+    report: ProgressReport
+    holds_lease: Callable[[], bool]  # False once the lease may have lapsed: write nothing more
+
+
+Work = Callable[[RunContext], Awaitable[Mapping[str, Any]]]
 
 
 class JobFailedError(Exception):
     """The work could not run; its message becomes the job's `error`."""
+
+
+class ShuttingDownError(StoreUnavailableError):
+    """The server is stopping: no new run starts (the API answers 503)."""
 
 
 @dataclass
@@ -50,6 +64,7 @@ class _Run:
     trigger: Trigger
     task: asyncio.Task | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    lease_deadline: float = 0.0  # local monotonic time the lease surely lasts until
 
 
 class JobRunner:
@@ -72,6 +87,8 @@ class JobRunner:
         self._max_duration_seconds = max_duration_seconds
         self._timer = timer or LoopTimer()
         self._runs: dict[str, _Run] = {}
+        self._closing = False
+        self._starting: set[asyncio.Future] = set()
 
     @property
     def lease_ms(self) -> int:
@@ -79,12 +96,20 @@ class JobRunner:
 
     async def start(self, trigger: Trigger, *, period: int | None = None) -> StartOutcome:
         """Start a run unless one is running anywhere on the store; never waits for the work.
-        Raises `StoreUnavailableError`."""
-        outcome = await self.store.start(
-            self.job_name, trigger, lease_ms=self.lease_ms, period=period
-        )
+        Raises `StoreUnavailableError` (`ShuttingDownError` once shutdown has begun)."""
+        if self._closing:
+            raise ShuttingDownError("the server is shutting down")
+        # Tracked, so shutdown waits for a start already at the store instead of missing the
+        # run it creates; shielded, so a caller's cancellation cannot orphan that run either.
+        starting = asyncio.ensure_future(self._start(Trigger(trigger), period))
+        self._starting.add(starting)
+        starting.add_done_callback(self._starting.discard)
+        return await asyncio.shield(starting)
+
+    async def _start(self, trigger: Trigger, period: int | None) -> StartOutcome:
+        outcome = await self.store.start(self.job_name, trigger, lease_ms=self.lease_ms, period=period)
         if isinstance(outcome, Started):
-            run = _Run(outcome.lease, Trigger(trigger))
+            run = _Run(outcome.lease, trigger, lease_deadline=self._timer.monotonic() + self._lease_seconds)
             self._runs[outcome.lease.job_id] = run
             run.task = asyncio.create_task(self._supervise(run), name=f"job-{outcome.lease.job_id}")
             log.info("Job started", extra=self._fields(run))
@@ -107,7 +132,11 @@ class JobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def shutdown(self, timeout_seconds: float = 5.0) -> None:
-        """Cancel every run; each records itself failed "interrupted by shutdown"."""
+        """Refuse new starts, let those already at the store land, then cancel every run; each
+        records itself failed "interrupted by shutdown"."""
+        self._closing = True
+        if self._starting:
+            await asyncio.wait(self._starting, timeout=timeout_seconds)
         tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
         for task in tasks:
             task.cancel(INTERRUPTED)
@@ -119,9 +148,15 @@ class JobRunner:
     def _fields(self, run: _Run) -> dict[str, Any]:
         return {"jobId": run.lease.job_id, "jobName": self.job_name, "trigger": run.trigger.value}
 
+    def _holds_lease(self, run: _Run) -> bool:
+        # A margin for the write about to happen: a region's swap takes a second or two.
+        margin = min(5.0, self._lease_seconds / 4)
+        return self._timer.monotonic() < run.lease_deadline - margin
+
     async def _supervise(self, run: _Run) -> None:
         job_fields.set(self._fields(run))  # this task's context, copied into the work's task
-        work = asyncio.create_task(self._work(run.progress.update), name=f"work-{run.lease.job_id}")
+        context = RunContext(run.progress.update, lambda: self._holds_lease(run))
+        work = asyncio.create_task(self._work(context), name=f"work-{run.lease.job_id}")
         try:
             outcome = await self._watch(run, work)
             if outcome is not None:
@@ -130,6 +165,12 @@ class JobRunner:
             await _cancel(work)
             await asyncio.shield(self._finish(run, JobStatus.FAILED, None, INTERRUPTED))
             raise
+        except Exception:
+            # Never leave the work running with nobody renewing its lease: another run would
+            # start once the lease lapsed, and both would write.
+            log.exception("Job supervision failed: stopping its work", extra=self._fields(run))
+            await _cancel(work)
+            await self._finish(run, JobStatus.FAILED, None, "internal error (supervision)")
         finally:
             self._runs.pop(run.lease.job_id, None)
 
@@ -137,38 +178,39 @@ class JobRunner:
         self, run: _Run, work: asyncio.Task
     ) -> tuple[JobStatus, Mapping[str, Any] | None, str | None] | None:
         """Renew the lease until the work ends; None when the lease was lost (nothing to record)."""
-        started = self._timer.monotonic()
-        deadline = started + self._max_duration_seconds
-        lease_deadline = started + self._lease_seconds  # the lease as this process last knew it
+        deadline = self._timer.monotonic() + self._max_duration_seconds
         interval = self._lease_seconds / 3
         while not work.done():
             now = self._timer.monotonic()
-            await _first(work, self._timer.sleep(max(0.0, min(interval, deadline - now))))
+            wake = min(now + interval, deadline, run.lease_deadline)
+            await _first(work, self._timer.sleep(max(0.0, wake - now)))
             if work.done():
                 break
             now = self._timer.monotonic()
             if now >= deadline:
                 await _cancel(work)
                 return JobStatus.FAILED, None, TIMED_OUT
+            if now >= run.lease_deadline:
+                # No renewal got through for a whole lease (store unreachable, process frozen):
+                # another instance may own the job by now.
+                log.error("Job lease lapsed before it could be renewed: stopping the work",
+                          extra=self._fields(run))
+                await _cancel(work)
+                return None
             try:
-                run.lease = await self.store.renew(
-                    run.lease, lease_ms=self.lease_ms, progress=run.progress or None
+                # Bounded by the lease itself, so a hanging store cannot outlast it.
+                run.lease = await asyncio.wait_for(
+                    self.store.renew(run.lease, lease_ms=self.lease_ms, progress=run.progress or None),
+                    timeout=max(0.001, run.lease_deadline - now),
                 )
-                lease_deadline = now + self._lease_seconds
+                run.lease_deadline = now + self._lease_seconds
             except LeaseLostError as exc:
                 log.error("Job lease lost: stopping its work", extra={**self._fields(run), "error": str(exc)})
                 await _cancel(work)
                 return None
-            except StoreUnavailableError as exc:
-                if self._timer.monotonic() >= lease_deadline:
-                    # Another instance may start over once the lease lapses: stop first.
-                    log.error("Job store unreachable past the lease: stopping the work",
-                              extra={**self._fields(run), "error": str(exc)})
-                    await _cancel(work)
-                    return None
-                log.warning(
-                    "Job lease renewal failed; retrying", extra={**self._fields(run), "error": str(exc)}
-                )
+            except (StoreUnavailableError, TimeoutError) as exc:
+                log.warning("Job lease renewal failed; retrying",
+                            extra={**self._fields(run), "error": str(exc) or "timed out"})
         return _result_of(work)
 
     async def _finish(
@@ -176,15 +218,22 @@ class JobRunner:
     ) -> None:
         fields = self._fields(run)
         kind = _KIND[run.trigger]
-        try:
-            if run.progress:  # one last heartbeat, so the finished job keeps its final progress
+        if run.progress:  # one last heartbeat, so the finished job keeps its final progress
+            try:
                 run.lease = await self.store.renew(run.lease, lease_ms=self.lease_ms, progress=run.progress)
+            except LeaseLostError as exc:
+                log.error("Job lease lost before it finished", extra={**fields, "error": str(exc)})
+                return
+            except Exception:  # best effort: finish below records the outcome, or says why not
+                pass
+        try:
             await self.store.finish(run.lease, status=status, result=result, error=error)
         except LeaseLostError as exc:
             log.error("Job lease lost before it finished", extra={**fields, "error": str(exc)})
             return
-        except StoreUnavailableError as exc:
-            # The lease will lapse and readers will see the run abandoned: still a clear end.
+        except Exception as exc:
+            # Store down (or worse): the lease will lapse and readers will see the run
+            # abandoned, still a clear end.
             log.error("Job result could not be recorded", extra={**fields, "error": str(exc)})
             return
         if status is JobStatus.COMPLETED:
@@ -219,5 +268,5 @@ async def _cancel(task: asyncio.Task) -> None:
     the task's own CancelledError nor swallows a cancellation of the caller."""
     task.cancel()
     await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()  # retrieved: an error while cancelling is not worth a second report
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("Job work failed while being stopped", exc_info=task.exception())

@@ -35,6 +35,11 @@ class SweepError(Exception):
     """The sweep could not run at all (region list unreachable, database down)."""
 
 
+class SweepStoppedError(SweepError):
+    """The caller withdrew permission to write (its job lease may have lapsed): nothing more is
+    committed, and the regions in flight keep their previous orders."""
+
+
 class RegionFailedError(Exception):
     """One region could not be stored; the others go on."""
 
@@ -101,6 +106,7 @@ async def fetch_all_regions(
     concurrency: int = 16,
     clock: Clock | None = None,
     progress: ProgressCallback | None = None,
+    may_write: Callable[[], bool] | None = None,
 ) -> SweepResult:
     """Sweep every region (or `region_ids`) once; raise `SweepError` if the sweep cannot run.
 
@@ -108,7 +114,7 @@ async def fetch_all_regions(
     called after each region. Cancelling the call aborts the regions in flight, which keep their
     previous orders; committed regions stay committed.
     """
-    sweep = _Sweep(esi, orders, concurrency, clock or SystemClock(), progress)
+    sweep = _Sweep(esi, orders, concurrency, clock or SystemClock(), progress, may_write)
     return await sweep.run(region_ids)
 
 
@@ -120,8 +126,10 @@ class _Sweep:
         concurrency: int,
         clock: Clock,
         progress: ProgressCallback | None,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
         self.esi, self.orders, self.clock = esi, orders, clock
+        self.may_write = may_write or (lambda: True)
         self.report = progress or (lambda _progress: None)
         self.progress = SweepProgress()
         self.result = SweepResult()
@@ -207,6 +215,7 @@ class _Sweep:
                 fetched_at=from_ms(self.clock.now_ms()),
                 etags=etags,
             )
+            self._check_may_write()
             count = await writer.commit(meta)
         except BaseException:
             await writer.abort()
@@ -243,6 +252,7 @@ class _Sweep:
                 raise _CacheMovedError(f"page {page} changed while page 1 did not")
 
         await _all(one(page) for page in range(2, pages + 1))
+        self._check_may_write()
         count = await self.orders.confirm_unchanged(
             region_id, self._expires(first), from_ms(self.clock.now_ms())
         )
@@ -267,6 +277,10 @@ class _Sweep:
             # A value that passed validation but that the database cannot hold: this region's
             # problem, not the sweep's.
             raise RegionFailedError(f"page {page} could not be stored: {exc}") from None
+
+    def _check_may_write(self) -> None:
+        if not self.may_write():
+            raise SweepStoppedError("the job's lease may have lapsed: stopped before writing")
 
     def _expires(self, response: EsiResponse) -> dt.datetime | None:
         if response.expires_in_seconds is None:
