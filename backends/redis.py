@@ -14,9 +14,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from backends.base import (
     AlreadyRunning,
@@ -40,8 +38,11 @@ from backends.base import (
 
 DEFAULT_PREFIX = "tornado-admin"
 TIMEOUT_SECONDS = 2.0
+MAX_CONNECTIONS = 50
 FINISHED_TTL_MS = 30 * 86_400_000
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
+# Every Redis error: besides outages, replies such as MISCONF, BUSY, LOADING or MASTERDOWN mean
+# "not now" too; the message keeps the error's type for the log.
+UNAVAILABLE = (RedisError, OSError)
 
 # Keys under P = "<prefix>:": job:<id> (hash; optional fields JSON-encoded, absent when None),
 # running (hash name -> running id), periods (hash name -> last claimed period), seq (counter),
@@ -197,10 +198,14 @@ class RedisJobStore(JobStore):
         url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         try:
             # No retries: a script whose reply was lost may have run, and must not run twice.
-            client = aioredis.Redis.from_url(
+            # A blocking pool: a burst of requests waits its turn for a connection (up to the
+            # timeout) instead of failing at once when every connection is busy.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 url, decode_responses=True, socket_timeout=TIMEOUT_SECONDS,
-                socket_connect_timeout=TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=TIMEOUT_SECONDS, max_connections=MAX_CONNECTIONS,
+                timeout=TIMEOUT_SECONDS,
             )  # fmt: skip
+            client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         except ValueError as exc:
             message = _scrub(f"invalid job store URL {redact_url(url)}: {exc}", url)
             raise StoreUnavailableError(message) from None
@@ -208,7 +213,7 @@ class RedisJobStore(JobStore):
         try:
             await store.ping()
         except StoreUnavailableError:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
             raise
         return store
 
@@ -258,9 +263,7 @@ class RedisJobStore(JobStore):
         # The id becomes part of a key: only a well-formed one ever reaches Redis.
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
-        reply = await self._reads.run(
-            ("get", job_id), lambda: self._call("get", self.clock.now_ms(), job_id)
-        )
+        reply = await self._shared_read("get", job_id)
         if not reply:  # never issued, trimmed, or expired
             raise JobNotFoundError(job_id)
         return _job(reply)
@@ -272,10 +275,18 @@ class RedisJobStore(JobStore):
         return [_job(fields) for fields in reply]
 
     async def current(self, job_name: str) -> Job | None:
-        reply = await self._reads.run(
-            ("current", job_name), lambda: self._call("current", self.clock.now_ms(), job_name)
-        )
+        reply = await self._shared_read("current", job_name)
         return _job(reply) if reply else None
+
+    async def _shared_read(self, script: str, key: str) -> Any:
+        """A read script, shared with identical reads in flight (SingleFlight). A shared reply
+        read at an earlier `now` may show a lease that has lapsed by the caller's `now`: then
+        the caller reads again on its own, so the lease boundary holds for every caller."""
+        now = self.clock.now_ms()
+        reply = await self._reads.run((script, key), lambda: self._call(script, self.clock.now_ms(), key))
+        if reply and _lapsed(_job(reply), now):
+            reply = await self._call(script, now, key)
+        return reply
 
     async def last_success(self, job_name: str) -> Job | None:
         try:
@@ -310,7 +321,7 @@ class RedisJobStore(JobStore):
             raise self._unavailable(exc) from None
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)  # the pool is ours: close it too
 
     async def _call(self, script: str, now: int, *args: str | int) -> Any:
         try:
@@ -341,6 +352,10 @@ def _scrub(message: str, url: str) -> str:
     for form in {password, unquote(password)} - {""}:
         message = message.replace(form, "[REDACTED]")
     return message
+
+
+def _lapsed(job: Job, now: int) -> bool:
+    return job.status is JobStatus.RUNNING and now >= (job.lease_expires_ms or 0)
 
 
 def _job(fields: list[str] | dict[str, str]) -> Job:

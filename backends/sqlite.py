@@ -218,14 +218,14 @@ class SqliteJobStore(JobStore):
 
     async def list(self, job_name: str | None = None, *, limit: int = 20) -> list[Job]:
         now = self.clock.now_ms()
+        where, args = ("WHERE job_name = ?", (job_name,)) if job_name is not None else ("", ())
+        jobs = await self._run(lambda conn: _fetch_jobs(conn, where, args, limit))
+        if not any(job.status is JobStatus.RUNNING and not _live(job, now) for job in jobs):
+            return jobs  # nothing to reap: no write lock needed
 
         async def work(conn: aiosqlite.Connection) -> list[Job]:
             await self._reap(conn, now, job_name)
-            where, args = ("WHERE job_name = ?", (job_name,)) if job_name is not None else ("", ())
-            rows = await conn.execute_fetchall(
-                f"SELECT {COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, max(0, limit))
-            )
-            return [_job(row) for row in rows]
+            return await _fetch_jobs(conn, where, args, limit)
 
         return await self._transaction(work)
 
@@ -339,6 +339,13 @@ class SqliteJobStore(JobStore):
                     raise StoreUnavailableError(f"job store unavailable: {exc}") from None
 
         return await asyncio.shield(locked())
+
+
+async def _fetch_jobs(conn: aiosqlite.Connection, where: str, args: tuple, limit: int) -> list[Job]:
+    rows = await conn.execute_fetchall(
+        f"SELECT {COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, max(0, limit))
+    )
+    return [_job(row) for row in rows]
 
 
 async def _fetch_job(conn: aiosqlite.Connection, where: str, *args: Any, table: str = "jobs") -> Job | None:

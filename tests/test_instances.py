@@ -197,6 +197,9 @@ def test_a_store_outage_answers_503_and_work_resumes_when_it_returns(servers, tm
         private_redis.stop()
         code, body = server.request("/api/admin/jobs", headers=AUTH)
         assert (code, body["error"]) == (503, "Service Unavailable")
+        # Answers that need no store still come: the throttle lets requests through meanwhile.
+        assert server.request("/api/admin/jobs")[0] == 401
+        assert server.request("/api/admin/job-status/not-an-id", headers=AUTH)[0] == 404
         assert server.request("/readyz")[1]["checks"]["jobStore"] == "unavailable"
         deadline = time.monotonic() + 10
         while "Scheduled run skipped: job store unavailable" not in server.output():
@@ -217,3 +220,17 @@ def test_a_store_outage_answers_503_and_work_resumes_when_it_returns(servers, tm
     messages = [json.loads(line)["message"] for line in server.output().splitlines()]
     assert "Job store unavailable" in messages
     assert "Scheduler started" in messages
+
+
+def test_a_burst_of_requests_waits_for_redis_connections_instead_of_failing(servers, tmp_path):
+    url = redis_url_for_test()
+    try:
+        server = servers(server_env(tmp_path, JOB_STORE_URL=url), tmp_path)
+        server.wait_ready()
+        with ThreadPoolExecutor(100) as pool:
+            codes = list(pool.map(lambda _: server.request("/api/admin/jobs?limit=5", headers=AUTH)[0],
+                                  range(400)))
+        assert codes == [200] * 400
+        assert server.stop() == 0
+    finally:
+        drop_redis_keys(url)

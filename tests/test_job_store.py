@@ -467,10 +467,10 @@ async def test_sqlite_a_cancelled_call_leaves_no_transaction_open(sqlite_stores)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # The cancelled start still runs to its end (shielded) and fails on the lock; this call
-        # queues behind it, then fails on the lock too.
+        # The cancelled start still runs to its end (shielded) and fails on the lock; this
+        # start queues behind it, then fails on the lock too (reads would go on: WAL).
         with pytest.raises(StoreUnavailableError):
-            await store.list()
+            await store.start(NAME, Trigger.MANUAL, lease_ms=LEASE_MS)
         other.execute("ROLLBACK")
 
         assert await store.list() == []
@@ -591,3 +591,16 @@ async def test_concurrent_auth_failures_all_count(shared_stores, clock):
     )
     assert sorted(counts) == list(range(1, 41))
     assert (await stores[0].auth_failures("::1", window_ms=WINDOW_MS))[0] == 40
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_read_sharing_one_in_flight_still_honours_its_own_lease_boundary(store, clock):
+    started = await start(store)
+    clock.advance(LEASE_MS / 1000 - 0.001)
+    earlier = asyncio.ensure_future(store.get(started.job.job_id))  # reads at 29.999 s
+    await asyncio.sleep(0)
+    clock.advance(0.001)  # 30 s: lapsed for anyone asking from now on
+    later = await store.get(started.job.job_id)
+    assert (later.status, later.error) == (JobStatus.FAILED, ABANDONED)
+    assert (await earlier).status in (JobStatus.RUNNING, JobStatus.FAILED)
+    assert await store.current(NAME) is None

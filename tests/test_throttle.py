@@ -33,8 +33,9 @@ def test_past_ten_failures_an_address_gets_429_and_the_operator_elsewhere_does_n
     server = servers(server_env(tmp_path), tmp_path)
     server.wait_ready()
     wrong = TOKEN[:-1] + "X"
-    for _ in range(11):  # 11 failures: past 10
+    for _ in range(10):
         assert call(server.port, wrong)[0] == 401
+    assert call(server.port, wrong)[0] == 429  # the 11th failure: past 10 a minute
     assert call(server.port, None)[0] == 429  # every admin request from there, even without one
 
     status, body, headers = call(server.port, TOKEN)  # even the right token: no oracle
@@ -65,8 +66,9 @@ def test_instances_on_one_redis_share_the_count(servers, tmp_path):
         second = servers(env | {"PORT": str(free_port())}, tmp_path)
         first.wait_ready()
         second.wait_ready()
-        for i in range(11):  # 6 failures at one instance, 5 at the other
+        for i in range(10):  # 5 failures at each instance
             assert call((first if i % 2 else second).port, "wrong-" + "x" * 40)[0] == 401
+        assert call(first.port, "wrong-" + "x" * 40)[0] == 429  # the 11th, wherever it lands
         assert call(first.port, TOKEN)[0] == 429
         assert call(second.port, TOKEN)[0] == 429
         assert call(second.port, TOKEN, source="127.0.0.3")[0] == 200
@@ -83,4 +85,16 @@ def test_the_method_is_still_checked_first(servers, tmp_path, method):
     for _ in range(11):
         call(server.port, "wrong-" + "y" * 40)
     assert call(server.port, TOKEN, method=method)[0] == 405  # GET-only route: 405 beats 429
+    assert server.stop() == 0
+
+
+def test_concurrent_failures_cannot_slip_past_the_limit_together(servers, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = servers(server_env(tmp_path, JOB_STORE_URL=f"sqlite:///{tmp_path}/jobs.db"), tmp_path)
+    server.wait_ready()
+    with ThreadPoolExecutor(30) as pool:
+        codes = list(pool.map(lambda _: call(server.port, "wrong-" + "z" * 40)[0], range(60)))
+    assert codes.count(401) == 10  # each failure is counted before it is judged
+    assert codes.count(429) == 50
     assert server.stop() == 0

@@ -31,6 +31,7 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 IDLE_TIMEOUT_SECONDS = 60  # Tornado also uses it as the header timeout
 BODY_TIMEOUT_SECONDS = 10
+CLOSE_TIMEOUT_SECONDS = 3
 
 
 def make_app(context: AppContext) -> tornado.web.Application:
@@ -149,7 +150,10 @@ class Server:
         for close in (self.esi and self.esi.close, self.order_store and self.order_store.close,
                       self.job_store and self.job_store.close):
             if close:
-                await close()
+                try:  # a database that stopped answering must not hold the exit hostage
+                    await asyncio.wait_for(close(), CLOSE_TIMEOUT_SECONDS)
+                except (TimeoutError, OSError) as exc:
+                    log.warning("Could not close cleanly", extra={"error": str(exc) or "timed out"})
         log.info("Server stopped")
 
 

@@ -114,25 +114,17 @@ class AdminHandler(JsonHandler):
 
     async def prepare(self) -> None:
         super().prepare()
-        tokens, store = self.tokens(), self.context.job_store
-        client = self.request.remote_ip or "unknown"
-        fields = {"method": self.request.method, "path": self.request.path}
-        if tokens:
-            # Before the token is even looked at, so a throttled client learns nothing from it;
-            # per address, so an attacker elsewhere never locks the operator out.
-            failures, left_ms = await store.auth_failures(client, window_ms=FAILED_AUTH_WINDOW_MS)
-            if failures > FAILED_AUTH_LIMIT:
-                self.reply(429, {"error": "Too Many Requests",
-                                 "message": "Too many failed authentication attempts, retry later"},
-                           Retry_After=str(max(1, math.ceil(left_ms / 1000))))
-                return
+        tokens = self.tokens()
         verdict = check_bearer(self.request.headers.get_list("Authorization"), tokens)
+        fields = {"method": self.request.method, "path": self.request.path}
+        if verdict is not Verdict.MISCONFIGURED and await self.throttled(verdict, fields):
+            # Whatever the token: a throttled client learns nothing about it.
+            self.reply(429, {"error": "Too Many Requests",
+                             "message": "Too many failed authentication attempts, retry later"},
+                       Retry_After=str(self._retry_after))
+            return
         if verdict is Verdict.OK:
             return
-        if verdict in (Verdict.MALFORMED, Verdict.INVALID, Verdict.DUPLICATE):
-            failures = await store.note_auth_failure(client, window_ms=FAILED_AUTH_WINDOW_MS)
-            if failures == FAILED_AUTH_LIMIT + 1:  # once per client and window, not per request
-                log.warning("Failed-authentication throttle engaged", extra={**fields, "client": client})
         if verdict is Verdict.MISCONFIGURED:
             log.error("Admin request refused: ADMIN_TOKEN is not set", extra=fields)
             self.reply(500, {"error": "Server misconfiguration"})
@@ -148,6 +140,31 @@ class AdminHandler(JsonHandler):
             log.warning("Missing or invalid Authorization header", extra=fields)
             self.reply(401, {"error": "Unauthorized", "message": MISSING_AUTH},
                        WWW_Authenticate=f'Bearer realm="{self.REALM}"')
+
+    async def throttled(self, verdict: Verdict, fields: dict[str, str]) -> bool:
+        """The failed-authentication throttle, per client address and shared by every instance.
+
+        A failure is counted atomically first and judged by the count it got, so concurrent
+        failures cannot slip past the limit together; other requests (a right token, none at
+        all) only read the count. If the store is down the throttle lets requests through:
+        better than a 503 where the answer needs no store (a 401, a 404 for an id never issued).
+        """
+        store, client = self.context.job_store, self.request.remote_ip or "unknown"
+        now = self.context.clock.now_ms()
+        left_ms = FAILED_AUTH_WINDOW_MS - now % FAILED_AUTH_WINDOW_MS
+        self._retry_after = max(1, math.ceil(left_ms / 1000))
+        try:
+            if verdict in (Verdict.OK, Verdict.MISSING):
+                failures, _ = await store.auth_failures(client, window_ms=FAILED_AUTH_WINDOW_MS)
+                return failures > FAILED_AUTH_LIMIT
+            failures = await store.note_auth_failure(client, window_ms=FAILED_AUTH_WINDOW_MS)
+        except StoreUnavailableError as exc:
+            log.warning("Failed-authentication throttle skipped: job store unavailable",
+                        extra={**fields, "error": str(exc)})
+            return False
+        if failures == FAILED_AUTH_LIMIT + 1:  # once per client and window, not per request
+            log.warning("Failed-authentication throttle engaged", extra={**fields, "client": client})
+        return failures > FAILED_AUTH_LIMIT
 
     async def start_run(self, trigger: Trigger) -> None:
         runner = self.context.runner
@@ -250,8 +267,8 @@ class ReadyHandler(JsonHandler):
     async def get(self) -> None:
         checks = dict(zip(
             ("jobStore", "marketDatabase"),
-            await asyncio.gather(_answers(self.context.job_store.ping()),
-                                 _answers(self.context.order_store.ping())),
+            await asyncio.gather(_answers("jobStore", self.context.job_store.ping()),
+                                 _answers("marketDatabase", self.context.order_store.ping())),
             strict=True,
         ))  # fmt: skip
         ready = all(state == "ok" for state in checks.values())
@@ -268,10 +285,11 @@ class NotFoundHandler(JsonHandler):
         raise tornado.web.HTTPError(404)
 
 
-async def _answers(ping: Any, timeout_seconds: float = 2.0) -> str:
+async def _answers(name: str, ping: Any, timeout_seconds: float = 2.0) -> str:
     try:
         await asyncio.wait_for(ping, timeout_seconds)
-    except Exception:  # any failure means "not ready"; the reason is the store's to log
+    except Exception as exc:  # any failure means "not ready"
+        log.warning("Readiness check failed", extra={"check": name, "error": str(exc) or type(exc).__name__})
         return "unavailable"
     return "ok"
 
