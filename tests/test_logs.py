@@ -45,6 +45,7 @@ def test_secrets_are_redacted_in_message_arguments_extras_and_tracebacks(capture
     log.warning("token %s", TOKEN, extra={"header": f"Bearer {TOKEN}", "nested": {"k": [TOKEN]}})
     log.info("auth header was %r", "basic dXNlcjpwYXNz")
     log.info("connecting to %s", "postgresql://app:pg-password@db:5432/market")
+    log.info("and to redis://:ab/cd+pg-password/x@cache:6379/0")
     log.info("GET /api/admin/jobs?token=abcdef123&limit=5")
     try:
         raise ValueError(f"bad credentials {TOKEN}")
@@ -59,8 +60,9 @@ def test_secrets_are_redacted_in_message_arguments_extras_and_tracebacks(capture
     assert out[0]["header"] == "Bearer [REDACTED]"
     assert out[0]["nested"] == {"k": ["[REDACTED]"]}
     assert out[2]["message"] == "connecting to postgresql://app:[REDACTED]@db:5432/market"
-    assert out[3]["message"] == "GET /api/admin/jobs?token=[REDACTED]&limit=5"
-    assert "ValueError: bad credentials [REDACTED]" in out[4]["exc_info"]
+    assert out[3]["message"] == "and to redis://:[REDACTED]@cache:6379/0"
+    assert out[4]["message"] == "GET /api/admin/jobs?token=[REDACTED]&limit=5"
+    assert "ValueError: bad credentials [REDACTED]" in out[5]["exc_info"]
 
 
 def test_warnings_become_log_lines(captured):

@@ -49,6 +49,8 @@ def test_values_are_parsed():
         ({"JOB_STORE_URL": "mongodb://x"}, "JOB_STORE_URL must start with one of memory://"),
         ({"DATABASE_URL": "mysql://u:pw@h/db"}, "DATABASE_URL must start with one of sqlite://"),
         ({"ADMIN_TOKEN": "your-admin-token"}, "ADMIN_TOKEN holds a placeholder"),
+        ({"JOB_STORE_URL": "redis://:ab/cd+Secret9x@127.0.0.1:1/0"}, "JOB_STORE_URL must percent-encode"),
+        ({"DATABASE_URL": "postgresql://app:x?y@db/market"}, "DATABASE_URL must percent-encode"),
         ({"ADMIN_TOKEN": f"{TOKEN},short-one"}, "ADMIN_TOKEN must be at least 32 characters"),
     ],
 )

@@ -22,7 +22,8 @@ LEVELS = {
     "error": logging.ERROR, "fatal": logging.CRITICAL,
 }
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s,;\"']+")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+# The password runs to the last "@" of the URL: it may hold a "/" (base64), encoded or not.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s]+@")
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:token|access_token|api_key|key|secret|password)=)[^&\s\"']+")
 _RESERVED = frozenset(RESERVED_ATTRS) | {"message", "asctime"}
 

@@ -157,6 +157,11 @@ def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
         scheme = ""
     if scheme not in schemes:
         raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
+    userinfo, at, _ = value.split("://", 1)[1].rpartition("@")
+    if at and any(c in userinfo for c in "/?#"):
+        # Unencoded, these end the host part early: the password would be read as a path, and
+        # neither parsed nor redacted as a password.
+        raise SettingsError(f"{name} must percent-encode '/', '?' and '#' in its user name and password")
     return value
 
 
