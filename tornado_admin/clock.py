@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from typing import Protocol
 
 from backends.base import Clock, SystemClock
 
-__all__ = ["Clock", "LoopTimer", "SystemClock", "Timer", "from_ms", "iso", "to_ms"]
+__all__ = ["Clock", "LoopTimer", "SystemClock", "Timer", "from_ms", "iso", "iso_ms", "to_ms"]
 
 
 class Timer(Protocol):
@@ -36,6 +37,12 @@ def from_ms(ms: int) -> dt.datetime:
 
 def to_ms(when: dt.datetime) -> int:
     return int(when.timestamp() * 1000)
+
+
+@functools.lru_cache(maxsize=1024)
+def iso_ms(ms: int) -> str:
+    """`iso` of epoch milliseconds, cached: a job's times are formatted on every status poll."""
+    return iso(from_ms(ms))
 
 
 def iso(when: dt.datetime) -> str:

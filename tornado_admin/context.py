@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.base import Clock, Job, JobStore
-from tornado_admin.clock import from_ms, iso
+from tornado_admin.clock import iso_ms
 from tornado_admin.jobs import JobRunner
 from tornado_admin.market.orders import OrderStore
 from tornado_admin.settings import Settings
@@ -30,10 +30,10 @@ def job_body(job: Job, now_ms: int, live_progress: Mapping[str, Any] | None = No
         "jobName": job.job_name,
         "trigger": job.trigger.value,
         "status": job.status.value,
-        "startedAt": iso(from_ms(job.started_ms)),
+        "startedAt": iso_ms(job.started_ms),
     }
     if job.completed_ms is not None:
-        body["completedAt"] = iso(from_ms(job.completed_ms))
+        body["completedAt"] = iso_ms(job.completed_ms)
     body["duration"] = max(0, end - job.started_ms)
     progress = live_progress if job.completed_ms is None and live_progress else job.progress
     if progress:

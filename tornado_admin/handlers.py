@@ -119,9 +119,10 @@ class AdminHandler(JsonHandler):
         fields = {"method": self.request.method, "path": self.request.path}
         if verdict is not Verdict.MISCONFIGURED and await self.throttled(verdict, fields):
             # Whatever the token: a throttled client learns nothing about it.
+            left_ms = FAILED_AUTH_WINDOW_MS - self.context.clock.now_ms() % FAILED_AUTH_WINDOW_MS
             self.reply(429, {"error": "Too Many Requests",
                              "message": "Too many failed authentication attempts, retry later"},
-                       Retry_After=str(self._retry_after))
+                       Retry_After=str(max(1, math.ceil(left_ms / 1000))))
             return
         if verdict is Verdict.OK:
             return
@@ -150,9 +151,6 @@ class AdminHandler(JsonHandler):
         better than a 503 where the answer needs no store (a 401, a 404 for an id never issued).
         """
         store, client = self.context.job_store, self.request.remote_ip or "unknown"
-        now = self.context.clock.now_ms()
-        left_ms = FAILED_AUTH_WINDOW_MS - now % FAILED_AUTH_WINDOW_MS
-        self._retry_after = max(1, math.ceil(left_ms / 1000))
         try:
             if verdict in (Verdict.OK, Verdict.MISSING):
                 failures, _ = await store.auth_failures(client, window_ms=FAILED_AUTH_WINDOW_MS)

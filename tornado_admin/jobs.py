@@ -9,6 +9,7 @@ shutdown").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ class JobRunner:
         self._timer = timer or LoopTimer()
         self._runs: dict[str, _Run] = {}
         self._closing = False
-        self._starting: set[asyncio.Future] = set()
+        self._starting = 0  # starts waiting for the store
+        self._started_all = asyncio.Event()
 
     @property
     def lease_ms(self) -> int:
@@ -99,16 +101,21 @@ class JobRunner:
         Raises `StoreUnavailableError` (`ShuttingDownError` once shutdown has begun)."""
         if self._closing:
             raise ShuttingDownError("the server is shutting down")
-        # Tracked, so shutdown waits for a start already at the store instead of missing the
-        # run it creates; shielded, so a caller's cancellation cannot orphan that run either.
-        starting = asyncio.ensure_future(self._start(Trigger(trigger), period))
-        self._starting.add(starting)
-        starting.add_done_callback(self._starting.discard)
-        return await asyncio.shield(starting)
-
-    async def _start(self, trigger: Trigger, period: int | None) -> StartOutcome:
-        outcome = await self.store.start(self.job_name, trigger, lease_ms=self.lease_ms, period=period)
+        # Counted, so shutdown waits for a start already at the store instead of missing the run
+        # it creates. Callers do not cancel a start (Tornado never cancels a handler, the
+        # scheduler waits for its ticks): a start cancelled at the store could leave a running
+        # job nobody supervises until its lease lapsed.
+        self._starting += 1
+        try:
+            outcome = await self.store.start(
+                self.job_name, trigger, lease_ms=self.lease_ms, period=period
+            )
+        finally:
+            self._starting -= 1
+            if self._starting == 0:
+                self._started_all.set()
         if isinstance(outcome, Started):
+            trigger = Trigger(trigger)
             run = _Run(outcome.lease, trigger, lease_deadline=self._timer.monotonic() + self._lease_seconds)
             self._runs[outcome.lease.job_id] = run
             run.task = asyncio.create_task(self._supervise(run), name=f"job-{outcome.lease.job_id}")
@@ -136,7 +143,9 @@ class JobRunner:
         records itself failed "interrupted by shutdown"."""
         self._closing = True
         if self._starting:
-            await asyncio.wait(self._starting, timeout=timeout_seconds)
+            self._started_all.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._started_all.wait(), timeout_seconds)
         tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
         for task in tasks:
             task.cancel(INTERRUPTED)

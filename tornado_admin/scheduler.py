@@ -23,6 +23,7 @@ from tornado_admin.jobs import JobRunner
 
 log = logging.getLogger("tornado_admin.scheduler")
 
+STOP_TIMEOUT_SECONDS = 5.0
 STARTUP_DELAY_SECONDS = 5.0  # let the server settle (and readyz answer) before a catch-up run
 
 
@@ -56,10 +57,10 @@ class Scheduler:
             self._callback.stop()
         if self._startup_handle is not None:
             IOLoop.current().remove_timeout(self._startup_handle)
-        for task in list(self._pending):
-            task.cancel()
+        # Waited for, not cancelled: a tick inside the store's start must land, so the runner
+        # can interrupt the run it creates (a cancelled start could orphan a running job).
         if self._pending:
-            await asyncio.wait(self._pending)
+            await asyncio.wait(self._pending, timeout=STOP_TIMEOUT_SECONDS)
 
     async def tick(self) -> StartOutcome | None:
         """One scheduled attempt: start a run for the current period unless one is running or the
