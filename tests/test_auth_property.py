@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.api_helpers import TOKEN
 from tests.server_helpers import server_env
-from tests.test_hostile_http import Wire, http_request
+from tests.wire import Wire, http_request
 from tornado_admin.auth import Verdict, check_bearer
 
 WHITESPACE = " \t"  # HTTP's whitespace (RFC 9110 OWS/RWS): nothing else separates the parts

@@ -4,7 +4,6 @@ abandoned runs recovered after a crash, store outages answered with 503 and reco
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -17,29 +16,12 @@ import pytest
 import redis
 
 from tests.api_helpers import TOKEN
-from tests.conftest import REDIS_URL, require_service
+from tests.conftest import require_service
+from tests.redis_helpers import drop_redis_keys, redis_url_for_test
 from tests.server_helpers import free_port, server_env
 from tornado_admin.fake_esi import FakeEsi
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def redis_url_for_test() -> str:
-    """The test Redis with a key prefix of this test's own (removed afterwards)."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        require_service("Redis at " + REDIS_URL, exc)
-    return f"{REDIS_URL}?prefix=test-instances-{secrets.token_hex(6)}"
-
-
-def drop_redis_keys(url: str) -> None:
-    prefix = url.split("prefix=", 1)[1]
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

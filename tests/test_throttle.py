@@ -9,8 +9,8 @@ import json
 import pytest
 
 from tests.api_helpers import TOKEN
+from tests.redis_helpers import drop_redis_keys, redis_url_for_test
 from tests.server_helpers import free_port, server_env
-from tests.test_instances import drop_redis_keys, redis_url_for_test
 
 TOO_MANY = {"error": "Too Many Requests", "message": "Too many failed authentication attempts, retry later"}
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from backends.base import Clock, SystemClock
 
-__all__ = ["Clock", "LoopTimer", "SystemClock", "Timer", "from_ms", "iso", "iso_ms", "to_ms"]
+__all__ = ["Clock", "LoopTimer", "SystemClock", "Timer", "from_ms", "iso", "iso_ms"]
 
 
 class Timer(Protocol):
@@ -33,10 +33,6 @@ class LoopTimer:
 
 def from_ms(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-
-
-def to_ms(when: dt.datetime) -> int:
-    return int(when.timestamp() * 1000)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -33,7 +33,6 @@ log = logging.getLogger("tornado_admin.jobs")
 FETCH_JOB = "fetch-market-data"
 TIMED_OUT = "timed out"
 INTERRUPTED = "interrupted by shutdown"
-LEASE_LOST = "lease lost"
 # The names operators grep for (DESIGN.md section 8): "Manual job completed successfully", ...
 _KIND = {Trigger.MANUAL: "Manual", Trigger.SCHEDULE: "Scheduled", Trigger.CRON: "Cron"}
 

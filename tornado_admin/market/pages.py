@@ -64,10 +64,6 @@ class Page:
         before, after = self.columns[:ISSUED], self.columns[ISSUED + 1 :]
         return list(zip(*before, self.issued_at, *after, strict=True))
 
-    @property
-    def order_ids(self) -> tuple[int, ...]:
-        return self.columns[0] if self.columns else ()
-
 
 def parse_page(body: bytes) -> Page:
     """Parse one page body; raise `MalformedPageError` for anything but a list of valid orders."""
