@@ -10,7 +10,9 @@ Vocabulary:
   lease lapsed (its process died or froze) is *abandoned*: it is recorded `failed` with error
   "abandoned" and no longer blocks a new run.
 - Time is the injected clock's `now_ms()` (epoch milliseconds), computed by the caller's process
-  and stored as data, so one fake clock drives every backend in tests. Key expiry (Redis) may
+  and stored as data, so one fake clock drives every backend in tests. In production that is
+  `SystemClock`, which absorbs wall-clock steps; instances sharing a store must keep their clocks
+  in sync (NTP) to well within a lease. Key expiry (Redis) may
   collect garbage but is never the lease clock.
 """
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import re
 import secrets
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -28,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
+_clock_log = logging.getLogger("backends.clock")
 ABANDONED = "abandoned"
 # Job ids are secrets.token_urlsafe(16): 22 characters of this alphabet. An id of any other shape
 # cannot exist, so callers may answer "not found" without asking the store.
@@ -46,8 +51,59 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The wall clock, minus its steps: leases and schedule periods are wall-clock times, so a
+    step (an operator's `date -s`, NTP correcting a bad boot clock) would otherwise expire every
+    healthy lease at once (forward) or stall the schedule and hide dead runs (backward).
+
+    Time advances with the monotonic clock, which no step moves, and is slewed towards the wall
+    clock at a bounded rate: at most 1.25 times as fast while catching up a forward step, at least
+    0.8 times as fast while absorbing a backward one (a day's step takes four to five days to absorb,
+    a restart adopts it at once). A lease renewed every third of its length therefore never lapses, the
+    runner's local deadline allows for the faster rate (`MAX_RATE`), and the schedule never fires
+    more than one run per tick. Ordinary NTP slewing (at most 0.05 %) is followed exactly. Steps
+    are logged once each.
+    """
+
+    CATCH_UP_RATE = 0.25  # extra milliseconds per elapsed millisecond while behind the wall
+    HOLD_BACK_RATE = 0.2  # milliseconds held back per elapsed millisecond while ahead of it
+    MAX_RATE = 1 + CATCH_UP_RATE  # the fastest it runs, against the monotonic clock
+    STEP_NS = 1_000_000_000  # a gap this large is reported as a step
+
+    def __init__(
+        self,
+        wall_ns: Callable[[], int] = time.time_ns,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._wall_ns, self._monotonic_ns = wall_ns, monotonic_ns
+        self._lock = threading.Lock()  # aiosqlite and asyncpg threads may read it too
+        self._last_mono = monotonic_ns()
+        self._last_ns = wall_ns()
+        self._stepped = False
+
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return self.now_ns() // 1_000_000
+
+    def now_ns(self) -> int:
+        with self._lock:
+            mono, wall = self._monotonic_ns(), self._wall_ns()
+            elapsed = mono - self._last_mono
+            predicted = self._last_ns + elapsed
+            gap = wall - predicted
+            if gap >= 0:
+                now = predicted + min(gap, int(elapsed * self.CATCH_UP_RATE))
+            else:
+                now = predicted + max(gap, -int(elapsed * self.HOLD_BACK_RATE))
+            self._last_mono, self._last_ns = mono, now
+            stepped = abs(wall - now) >= self.STEP_NS
+            if stepped and not self._stepped:
+                _clock_log.warning(
+                    "Wall clock stepped: job times follow a steady clock catching up with it",
+                    extra={"stepSeconds": round((wall - now) / 1e9, 3)},
+                )
+            elif self._stepped and not stepped:
+                _clock_log.info("Job times have caught up with the wall clock")
+            self._stepped = stepped
+            return now
 
 
 class JobStatus(enum.StrEnum):

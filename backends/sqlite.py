@@ -1,14 +1,14 @@
 """Job store in one SQLite file (aiosqlite), shared by every process that opens it.
 
-Atomicity: each operation is one `BEGIN IMMEDIATE` transaction, so writers take turns on the file.
+Atomicity: each state change is one `BEGIN IMMEDIATE` transaction, so writers take turns on the
+file. Reads use a second connection: in WAL they go on while another process holds the write lock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +34,7 @@ from backends.base import (
     new_job_id,
     new_lease_token,
 )
-from backends.sqlitefile import set_up
+from backends.sqlitefile import SerialConnection, Work, set_up
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
@@ -74,15 +74,17 @@ CREATE TABLE IF NOT EXISTS job_last_success (
 COLUMNS = (
     "job_id, job_name, trigger, status, started_ms, completed_ms, lease_expires_ms, progress, result, error"
 )
-Work = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 
 class SqliteJobStore(JobStore):
-    def __init__(self, conn: aiosqlite.Connection, clock: Clock, history_limit: int) -> None:
+    def __init__(
+        self, writer: SerialConnection, reader: SerialConnection, clock: Clock, history_limit: int
+    ) -> None:
         super().__init__(clock, history_limit)
-        self._conn = conn
-        # One connection: a transaction's statements must not interleave with another coroutine's.
-        self._lock = asyncio.Lock()
+        # Each connection serves one call at a time, so a transaction's statements never
+        # interleave with another coroutine's, and a read never queues behind a locked write.
+        self._writer = writer
+        self._reader = reader
         self._reads = SingleFlight()
 
     @classmethod
@@ -90,18 +92,27 @@ class SqliteJobStore(JobStore):
         cls, url: str, *, clock: Clock, history_limit: int, busy_timeout_ms: int = BUSY_TIMEOUT_MS
     ) -> SqliteJobStore:
         path = _path(url)
+
+        async def prepare_writer(conn: aiosqlite.Connection) -> None:
+            await set_up(conn, SCHEMA, busy_timeout_ms=busy_timeout_ms)
+
+        async def prepare_reader(conn: aiosqlite.Connection) -> None:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await conn.execute("PRAGMA query_only = ON")
+
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except (sqlite3.Error, OSError) as exc:
+        except OSError as exc:
             raise StoreUnavailableError(f"cannot open job store {path}: {exc}") from None
-        store = cls(conn, clock, history_limit)
+        writer = SerialConnection(path, busy_timeout_ms=busy_timeout_ms, prepare=prepare_writer)
+        reader = SerialConnection(path, busy_timeout_ms=busy_timeout_ms, prepare=prepare_reader)
+        await writer.open()  # first: it makes the schema the reader reads
         try:
-            await set_up(conn, SCHEMA, busy_timeout_ms=busy_timeout_ms)
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise StoreUnavailableError(f"cannot open job store {path}: {exc}") from None
-        return store
+            await reader.open()
+        except StoreUnavailableError:
+            await writer.close()
+            raise
+        return cls(writer, reader, clock, history_limit)
 
     async def start(
         self, job_name: str, trigger: Trigger, *, lease_ms: int, period: int | None = None
@@ -219,7 +230,7 @@ class SqliteJobStore(JobStore):
     async def list(self, job_name: str | None = None, *, limit: int = 20) -> list[Job]:
         now = self.clock.now_ms()
         where, args = ("WHERE job_name = ?", (job_name,)) if job_name is not None else ("", ())
-        jobs = await self._run(lambda conn: _fetch_jobs(conn, where, args, limit))
+        jobs = await self._read(lambda conn: _fetch_jobs(conn, where, args, limit))
         if not any(job.status is JobStatus.RUNNING and not _live(job, now) for job in jobs):
             return jobs  # nothing to reap: no write lock needed
 
@@ -244,14 +255,14 @@ class SqliteJobStore(JobStore):
     async def _read_job(self, where: str, *args: Any) -> Job | None:
         """A committed snapshot, without the write lock; identical concurrent reads share one."""
         return await self._reads.run(
-            (where, args), lambda: self._run(lambda conn: _fetch_job(conn, where, *args))
+            (where, args), lambda: self._read(lambda conn: _fetch_job(conn, where, *args))
         )
 
     async def last_success(self, job_name: str) -> Job | None:
         async def work(conn: aiosqlite.Connection) -> Job | None:
             return await _fetch_job(conn, "WHERE job_name = ?", job_name, table="job_last_success")
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def note_auth_failure(self, client: str, *, window_ms: int) -> int:
         window = self.clock.now_ms() // window_ms
@@ -272,7 +283,7 @@ class SqliteJobStore(JobStore):
         window = now // window_ms
 
         async def read() -> int:
-            rows = await self._run(lambda conn: conn.execute_fetchall(
+            rows = await self._read(lambda conn: conn.execute_fetchall(
                 "SELECT count FROM auth_failures WHERE client = ? AND window_index = ?", (client, window)
             ))  # fmt: skip
             return next((row[0] for row in rows), 0)
@@ -280,13 +291,14 @@ class SqliteJobStore(JobStore):
         return await self._reads.run(("auth", client, window), read), (window + 1) * window_ms - now
 
     async def ping(self) -> None:
-        # The write lock, not just a read: WAL readers go on while another process holds the
-        # file locked, and such a store would still turn every trigger into a 503.
-        await self._transaction(lambda conn: conn.execute("SELECT 1 FROM job_periods LIMIT 1"))
+        # A write, not just a read: WAL readers go on while another process holds the file
+        # locked, and a file opened read-only takes BEGIN IMMEDIATE but refuses any write; either
+        # store would still turn every trigger into a 503. This write changes nothing.
+        await self._transaction(lambda conn: conn.execute("DELETE FROM job_periods WHERE 0"))
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._conn.close()
+        await self._reader.close()
+        await self._writer.close()
 
     # -- inside a transaction ------------------------------------------------------------------
 
@@ -323,22 +335,11 @@ class SqliteJobStore(JobStore):
             await conn.commit()
             return outcome
 
-        return await self._run(transaction)
+        return await self._writer.call(transaction)
 
-    async def _run(self, work: Work[T]) -> T:
-        """Run `work` alone on the connection, shielded so that a cancelled caller never leaves the
-        connection inside a transaction; database errors become `StoreUnavailableError`."""
-
-        async def locked() -> T:
-            async with self._lock:
-                try:
-                    return await work(self._conn)
-                except sqlite3.Error as exc:
-                    if self._conn.in_transaction:
-                        await self._conn.rollback()
-                    raise StoreUnavailableError(f"job store unavailable: {exc}") from None
-
-        return await asyncio.shield(locked())
+    async def _read(self, work: Work[T]) -> T:
+        """A read, on the reader connection; database errors become `StoreUnavailableError`."""
+        return await self._reader.call(work)
 
 
 async def _fetch_jobs(conn: aiosqlite.Connection, where: str, args: tuple, limit: int) -> list[Job]:

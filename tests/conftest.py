@@ -20,6 +20,7 @@ from tests.server_helpers import ServerProcess
 from tornado_admin.fake_esi import FakeEsi
 from tornado_admin.market.orders import OrderStore, open_order_store
 
+pytest_plugins = ["tests.secrets_sweep", "tests.redis_helpers"]  # the second for private_redis
 T = TypeVar("T")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -355,7 +355,7 @@ async def test_bodies_are_compact_json_without_etags(fetch):
 
 @pytest.mark.gen_test
 async def test_unknown_routes_are_json_404s(fetch):
-    for path in ("/", "/admin", "/api/admin/job-status", "/api/admin/jobs/extra"):
+    for path in ("/", "/admin/", "/api/admin/job-status", "/api/admin/jobs/extra"):  # /admin: the dashboard
         response = await fetch(path, headers=bearer())
         assert_json(response, 404)
         assert b"<html" not in response.body

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_aside
+from tests.secrets_sweep import secret
 from tests.sweep_helpers import stored_rows
 from tornado_admin.fake_esi import FakeEsi
 
@@ -90,7 +91,7 @@ def test_fetch_on_a_terminal_shows_a_bar_and_a_summary(sqlite_url, tmp_path):
 
 
 def test_fetch_exits_1_with_a_clear_line_when_the_database_is_down(tmp_path):
-    url = "postgresql://postgres:pg-secret-password@127.0.0.1:1/market"
+    url = f"postgresql://postgres:{secret('pg-secret-password')}@127.0.0.1:1/market"
     process = fetch(command_env(url, "http://127.0.0.1:9"), tmp_path)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 1

@@ -23,6 +23,7 @@ report names them.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -32,11 +33,12 @@ import pytest
 
 from backends.base import is_job_id
 from tests.api_helpers import TOKEN, GatedWork, build_context
+from tests.secrets_sweep import secret
 from tests.server_helpers import ServerProcess, server_env
 from tests.wire import Reply, Wire, as_bytes, connect, http_request, parse_reply, read_to_end
 from tornado_admin.app import make_app
 
-CRON = "cron-secret-" + "k" * 36
+CRON = secret("cron-secret-" + "k" * 36)
 MISSING = {
     "error": "Unauthorized",
     "message": "Missing or invalid Authorization header. Use: Authorization: Bearer <token>",
@@ -557,3 +559,34 @@ async def test_the_job_store_is_never_asked_for_a_key_outside_the_job_ids(http_s
     assert asked, "the spy saw nothing: the test would prove nothing"
     assert all(is_job_id(job_id) for job_id in asked), [a for a in asked if not is_job_id(a)]
     assert set(asked) == {UNKNOWN_ID}
+
+
+# -- log injection --------------------------------------------------------------------------------
+
+INJECTIONS = [
+    # CR/LF and Unicode line breaks in the logged fields (query keys, path), and a forged record.
+    "/healthz?x%0D%0A%7B%22level%22%3A%22CRITICAL%22%2C%22forged%22%3A1%7D=1",
+    "/healthz?a%0Ab%0Dc%E2%80%A8d%C2%85e%0B%0C%1C=1",
+    "/api/admin/job-status/a%0D%0A%7B%22forged%22%3A1%7D",
+    "/nowhere%0A%7B%22forged%22%3A1%7D",
+]
+
+
+def test_a_log_line_injected_with_line_breaks_stays_one_json_object(module_server, wire):
+    before = module_server.log_path.read_bytes().count(b"\n")
+    for target in INJECTIONS:
+        assert_not_5xx(wire.send(http_request("GET", target, [AUTH])))
+    # CR/LF in header values: obs-fold and a bare CR (Tornado refuses or joins them; never logs raw).
+    for header in (b"X-Note: a\r\n {\"forged\": 1}", b"User-Agent: a\rb", b"Authorization: Bearer a\r\n b"):
+        assert_not_5xx(wire.send(http_request("GET", "/healthz", [header])))
+    wire.assert_alive()
+    module_server.output()  # flushes
+    records = module_server.log_path.read_bytes().split(b"\n")[before:]
+    parsed = [json.loads(record) for record in records if record.strip()]  # every line one object
+    assert all(isinstance(record, dict) for record in parsed)
+    assert not [record for record in parsed if "forged" in record]
+    logged_keys = [key for record in parsed for key in record.get("queryKeys", [])]
+    assert any("\r\n{" in key for key in logged_keys)  # the hostile key was logged, escaped
+    raw = b"\n".join(records)
+    assert "\u2028".encode() not in raw
+    assert "\x85".encode() not in raw

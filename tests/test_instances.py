@@ -4,20 +4,17 @@ abandoned runs recovered after a crash, store outages answered with 503 and reco
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sqlite3
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.api_helpers import TOKEN
-from tests.conftest import require_service
 from tests.redis_helpers import drop_redis_keys, redis_url_for_test
+from tests.secrets_sweep import secret
 from tests.server_helpers import free_port, server_env
 from tornado_admin.fake_esi import FakeEsi
 
@@ -116,55 +113,12 @@ def test_a_killed_servers_run_is_abandoned_and_the_next_one_starts(servers, tmp_
 
 
 def test_an_unreachable_store_stops_startup_with_one_clear_line(servers, tmp_path):
-    url = f"redis://:store-password-42@127.0.0.1:{free_port()}/0"
+    url = f"redis://:{secret('store-password-42')}@127.0.0.1:{free_port()}/0"
     server = servers(server_env(tmp_path, JOB_STORE_URL=url), tmp_path)
     assert server.process.wait(timeout=30) == 1
     [line] = [x for x in server.lines() if x["level"] == "CRITICAL"]
     assert line["message"].startswith("Server cannot start: job store redis://:[REDACTED]@127.0.0.1:")
     assert "store-password-42" not in server.output()
-
-
-class PrivateRedis:
-    """A redis-server of this test alone, to stop and start at will."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        self.dir = tmp_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if shutil.which("redis-server") is None:
-        require_service("redis-server (the binary)", FileNotFoundError("redis-server"))
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_store_outage_answers_503_and_work_resumes_when_it_returns(servers, tmp_path, private_redis):

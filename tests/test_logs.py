@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from tests.secrets_sweep import secret
 from tornado_admin.logs import configure_logging
 
-TOKEN = "t0ken-" + "x" * 40
+TOKEN = secret("t0ken-" + "x" * 40)
+secret("pg-password")
 
 
 @pytest.fixture
@@ -40,6 +42,7 @@ def test_each_record_is_one_json_object_with_its_extra_fields(captured):
     assert "time" in line
 
 
+@pytest.mark.raw_secrets_in_log_records
 def test_secrets_are_redacted_in_message_arguments_extras_and_tracebacks(captured):
     log = logging.getLogger("anything.at.all")
     log.warning("token %s", TOKEN, extra={"header": f"Bearer {TOKEN}", "nested": {"k": [TOKEN]}})

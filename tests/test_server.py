@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.api_helpers import TOKEN
+from tests.secrets_sweep import secret
 from tests.server_helpers import server_env
 from tornado_admin.fake_esi import FakeEsi
 
@@ -35,7 +36,7 @@ def test_a_signal_interrupts_the_running_job_and_exits_0(servers, tmp_path, sign
 
 def test_every_printed_line_is_json_and_no_token_leaks(servers, tmp_path):
     """The token sent every wrong way, and right: it appears nowhere in what the server prints."""
-    env = server_env(tmp_path, CRON_SECRET="cron-" + "s" * 40)
+    env = server_env(tmp_path, CRON_SECRET=secret("cron-" + "s" * 40))
     server = servers(env, tmp_path)
     server.wait_ready()
     near_miss = TOKEN[:-1] + ("A" if TOKEN[-1] != "A" else "B")
@@ -82,7 +83,7 @@ def test_a_bad_setting_stops_startup_with_one_line_naming_it(tmp_path):
 
 
 def test_an_unusable_market_database_stops_startup_with_one_clear_line(servers, tmp_path):
-    env = server_env(tmp_path, DATABASE_URL="postgresql://app:db-password-123@127.0.0.1:1/market")
+    env = server_env(tmp_path, DATABASE_URL=f"postgresql://app:{secret('db-password-123')}@127.0.0.1:1/market")
     server = servers(env, tmp_path)
     assert server.process.wait(timeout=30) == 1
     [line] = [x for x in server.lines() if x["level"] == "CRITICAL"]

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import tornado.httpserver
+import tornado.httputil
 import tornado.netutil
 import tornado.web
 
@@ -20,6 +21,7 @@ from tornado_admin.jobs import JobFailedError, JobRunner, RunContext, Work
 from tornado_admin.market.esi import EsiClient
 from tornado_admin.market.fetch import SweepError, fetch_all_regions
 from tornado_admin.market.orders import OrderStore, OrderStoreError, open_order_store
+from tornado_admin.metrics import Metrics
 from tornado_admin.scheduler import Scheduler
 from tornado_admin.settings import Settings, redact_url
 
@@ -32,6 +34,8 @@ MAX_BODY_BYTES = 64 * 1024
 IDLE_TIMEOUT_SECONDS = 60  # Tornado also uses it as the header timeout
 BODY_TIMEOUT_SECONDS = 10
 CLOSE_TIMEOUT_SECONDS = 3
+# At shutdown, how long requests already in flight may take to finish before their connections close.
+DRAIN_TIMEOUT_SECONDS = 3
 
 
 def make_app(context: AppContext) -> tornado.web.Application:
@@ -74,6 +78,77 @@ def fetch_work(settings: Settings, esi: EsiClient, orders: OrderStore, clock: Cl
     return work
 
 
+class DrainingHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer that knows which connections have a request in flight, so that shutdown lets
+    those answer in full instead of cutting them (Tornado's close_all_connections closes every
+    connection at once, whatever it is doing)."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._open: set[Any] = set()  # HTTP1ServerConnection
+        self._busy: set[Any] = set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        # Tornado asks for a delegate once the previous answer is written, before the next
+        # request's headers: the connection is idle until they arrive.
+        self._open.add(server_conn)
+        self._idle(server_conn)
+        return _InFlight(super().start_request(server_conn, request_conn), lambda: self._start(server_conn))
+
+    def on_close(self, server_conn: object) -> None:
+        self._open.discard(server_conn)
+        self._idle(server_conn)
+        super().on_close(server_conn)
+
+    def _start(self, server_conn: object) -> None:
+        self._busy.add(server_conn)
+        self._drained.clear()
+
+    def _idle(self, server_conn: object) -> None:
+        self._busy.discard(server_conn)
+        if not self._busy:
+            self._drained.set()
+
+    async def drain(self, timeout_seconds: float) -> bool:
+        """Close the idle connections and wait until no request is in flight (call `stop` first);
+        False if the time ran out."""
+        await asyncio.gather(*(conn.close() for conn in self._open - self._busy))
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class _InFlight(tornado.httputil.HTTPMessageDelegate):
+    """Passes a request through, telling the server when its headers have arrived."""
+
+    def __init__(self, inner: tornado.httputil.HTTPMessageDelegate, started: Callable[[], None]) -> None:
+        self._inner = inner
+        self._started = started
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        self._started()
+        return self._inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self._inner.finish()
+
+    def on_connection_close(self) -> None:
+        self._inner.on_connection_close()
+
+
 class StartupError(Exception):
     """The server cannot start; the message is the one line to show."""
 
@@ -89,7 +164,7 @@ class Server:
         self.esi: EsiClient | None = None
         self.runner: JobRunner | None = None
         self.scheduler: Scheduler | None = None
-        self.http: tornado.httpserver.HTTPServer | None = None
+        self.http: DrainingHTTPServer | None = None
         self.port = settings.port
 
     async def start(self) -> None:
@@ -117,8 +192,10 @@ class Server:
             lease_seconds=settings.job_lease_seconds,
             max_duration_seconds=settings.job_max_duration_seconds,
         )  # fmt: skip
-        context = AppContext(settings, self.runner, self.job_store, self.order_store, self.clock)
-        self.http = tornado.httpserver.HTTPServer(
+        metrics = Metrics(self.esi)  # reads the client's tallies at scrape time
+        self.runner.listener = metrics
+        context = AppContext(settings, self.runner, self.job_store, self.order_store, self.clock, metrics)
+        self.http = DrainingHTTPServer(
             make_app(context), max_header_size=MAX_HEADER_BYTES, max_body_size=MAX_BODY_BYTES,
             idle_connection_timeout=IDLE_TIMEOUT_SECONDS, body_timeout=BODY_TIMEOUT_SECONDS,
         )  # fmt: skip
@@ -137,7 +214,8 @@ class Server:
                                             "jobStore": redact_url(settings.job_store_url)})
 
     async def stop(self) -> None:
-        """Stop accepting, record a running job failed, close everything."""
+        """Stop accepting, record a running job failed, let requests in flight answer, close
+        everything."""
         if self.http:
             self.http.stop()
         if self.scheduler:
@@ -145,7 +223,9 @@ class Server:
         if self.runner:
             await self.runner.shutdown()
         if self.http:
-            with contextlib.suppress(TimeoutError):
+            if not await self.http.drain(DRAIN_TIMEOUT_SECONDS):
+                log.warning("Requests still in flight at shutdown: closing their connections")
+            with contextlib.suppress(TimeoutError):  # the idle ones, and any past the drain
                 await asyncio.wait_for(self.http.close_all_connections(), 2)
         for close in (self.esi and self.esi.close, self.order_store and self.order_store.close,
                       self.job_store and self.job_store.close):

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from backends.base import Clock, Job, JobStore
 from tornado_admin.clock import iso_ms
 from tornado_admin.jobs import JobRunner
 from tornado_admin.market.orders import OrderStore
 from tornado_admin.settings import Settings
+
+if TYPE_CHECKING:
+    from tornado_admin.metrics import Metrics
+
+
+def _new_metrics() -> Metrics:
+    from tornado_admin.metrics import Metrics  # here: it builds on the handlers, which import this module
+
+    return Metrics()
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,7 @@ class AppContext:
     job_store: JobStore
     order_store: OrderStore
     clock: Clock
+    metrics: Metrics = field(default_factory=_new_metrics)  # a registry of this app's own
 
 
 def job_body(job: Job, now_ms: int, live_progress: Mapping[str, Any] | None = None) -> dict[str, Any]:

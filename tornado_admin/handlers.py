@@ -116,6 +116,7 @@ class AdminHandler(JsonHandler):
         super().prepare()
         tokens = self.tokens()
         verdict = check_bearer(self.request.headers.get_list("Authorization"), tokens)
+        self.context.metrics.auth_checked(self.REALM, verdict)  # counts the failures, store or not
         fields = {"method": self.request.method, "path": self.request.path}
         if verdict is not Verdict.MISCONFIGURED and await self.throttled(verdict, fields):
             # Whatever the token: a throttled client learns nothing about it.
@@ -293,10 +294,13 @@ async def _answers(name: str, ping: Any, timeout_seconds: float = 2.0) -> str:
 
 
 def routes(context: AppContext) -> list[tuple[str, type[tornado.web.RequestHandler], dict]]:
-    from tornado_admin.openapi import OpenApiHandler  # it builds on this module's handlers
+    from tornado_admin.dashboard import dashboard_routes  # these build on this module's handlers
+    from tornado_admin.metrics import MetricsHandler
+    from tornado_admin.openapi import OpenApiHandler
 
     args = {"context": context}
     return [
+        *dashboard_routes(context),
         (r"/api/openapi.json", OpenApiHandler, args),
         (r"/api/admin/trigger-fetch", TriggerHandler, args),
         (r"/api/admin/job-status/(.*)", JobStatusHandler, args),
@@ -304,4 +308,5 @@ def routes(context: AppContext) -> list[tuple[str, type[tornado.web.RequestHandl
         (r"/api/cron/fetch-market-data", CronHandler, args),
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
+        (r"/metrics", MetricsHandler, args),
     ]

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from backends.base import (
     JobStatus,
@@ -23,6 +23,7 @@ from backends.base import (
     Started,
     StartOutcome,
     StoreUnavailableError,
+    SystemClock,
     Trigger,
 )
 from tornado_admin.clock import LoopTimer, Timer
@@ -50,6 +51,15 @@ class RunContext:
 Work = Callable[[RunContext], Awaitable[Mapping[str, Any]]]
 
 
+class RunListener(Protocol):
+    """Told when a run of this process starts and ends (tornado_admin.metrics counts them)."""
+
+    def run_started(self, trigger: Trigger) -> None: ...
+
+    def run_finished(self, trigger: Trigger, status: JobStatus, result: Mapping[str, Any] | None,
+                     seconds: float, progress: Mapping[str, Any]) -> None: ...
+
+
 class JobFailedError(Exception):
     """The work could not run; its message becomes the job's `error`."""
 
@@ -65,6 +75,8 @@ class _Run:
     task: asyncio.Task | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     lease_deadline: float = 0.0  # local monotonic time the lease surely lasts until
+    started: float = 0.0  # local monotonic time
+    ended: tuple[JobStatus, Mapping[str, Any] | None] = (JobStatus.FAILED, None)  # as _finish saw it
 
 
 class JobRunner:
@@ -79,13 +91,18 @@ class JobRunner:
         max_duration_seconds: float,
         job_name: str = FETCH_JOB,
         timer: Timer | None = None,
+        listener: RunListener | None = None,
     ) -> None:
         self.store = store
         self.job_name = job_name
         self._work = work
         self._lease_seconds = lease_seconds
+        # How long the lease surely lasts by the local monotonic clock: the store's clock may run
+        # up to MAX_RATE times as fast while it catches up a wall-clock step (SystemClock).
+        self._local_lease = lease_seconds / SystemClock.MAX_RATE
         self._max_duration_seconds = max_duration_seconds
         self._timer = timer or LoopTimer()
+        self.listener = listener
         self._runs: dict[str, _Run] = {}
         self._closing = False
         self._starting = 0  # starts waiting for the store
@@ -105,6 +122,9 @@ class JobRunner:
         # scheduler waits for its ticks): a start cancelled at the store could leave a running
         # job nobody supervises until its lease lapsed.
         self._starting += 1
+        # The store dates the lease from its clock reading at the start of the call, before any
+        # wait (a lock, a pool, a frozen process): the local deadline counts from here too.
+        asked = self._timer.monotonic()
         try:
             outcome = await self.store.start(
                 self.job_name, trigger, lease_ms=self.lease_ms, period=period
@@ -115,10 +135,13 @@ class JobRunner:
                 self._started_all.set()
         if isinstance(outcome, Started):
             trigger = Trigger(trigger)
-            run = _Run(outcome.lease, trigger, lease_deadline=self._timer.monotonic() + self._lease_seconds)
+            run = _Run(outcome.lease, trigger, lease_deadline=asked + self._local_lease,
+                       started=self._timer.monotonic())
             self._runs[outcome.lease.job_id] = run
             run.task = asyncio.create_task(self._supervise(run), name=f"job-{outcome.lease.job_id}")
             log.info("Job started", extra=self._fields(run))
+            if self.listener:
+                self.listener.run_started(trigger)
         return outcome
 
     def live_progress(self, job_id: str) -> Mapping[str, Any] | None:
@@ -181,13 +204,16 @@ class JobRunner:
             await self._finish(run, JobStatus.FAILED, None, "internal error (supervision)")
         finally:
             self._runs.pop(run.lease.job_id, None)
+            if self.listener:  # a lost lease leaves `ended` at its default: failed
+                self.listener.run_finished(run.trigger, *run.ended, self._timer.monotonic() - run.started,
+                                           run.progress)
 
     async def _watch(
         self, run: _Run, work: asyncio.Task
     ) -> tuple[JobStatus, Mapping[str, Any] | None, str | None] | None:
         """Renew the lease until the work ends; None when the lease was lost (nothing to record)."""
         deadline = self._timer.monotonic() + self._max_duration_seconds
-        interval = self._lease_seconds / 3
+        interval = self._local_lease / 3
         while not work.done():
             now = self._timer.monotonic()
             wake = min(now + interval, deadline, run.lease_deadline)
@@ -211,7 +237,7 @@ class JobRunner:
                     self.store.renew(run.lease, lease_ms=self.lease_ms, progress=run.progress or None),
                     timeout=max(0.001, run.lease_deadline - now),
                 )
-                run.lease_deadline = now + self._lease_seconds
+                run.lease_deadline = now + self._local_lease
             except LeaseLostError as exc:
                 log.error("Job lease lost: stopping its work", extra={**self._fields(run), "error": str(exc)})
                 await _cancel(work)
@@ -226,6 +252,7 @@ class JobRunner:
     ) -> None:
         fields = self._fields(run)
         kind = _KIND[run.trigger]
+        run.ended = (status, result)
         if run.progress:  # one last heartbeat, so the finished job keeps its final progress
             try:
                 run.lease = await self.store.renew(run.lease, lease_ms=self.lease_ms, progress=run.progress)

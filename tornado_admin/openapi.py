@@ -165,6 +165,14 @@ def _components() -> dict[str, Any]:
             "InternalError": _object({"error": _fixed("Internal Server Error")}),
             "StoreUnavailable": _error("Service Unavailable", "Job store unavailable, retry later"),
             "Health": _object({"status": _fixed("ok")}),
+            "Status": _object({
+                "lastSuccessAt": {"type": "string", "format": "date-time", "nullable": True,
+                                  "description": "When the newest successful run completed; null: never."},
+                "dataAgeSeconds": {**COUNT, "nullable": True, "description": "Seconds since lastSuccessAt."},
+                "stale": {"type": "boolean", "description": "No successful run, or the last one is older "
+                          "than twice fetchIntervalSeconds."},
+                "fetchIntervalSeconds": {"type": "integer", "minimum": 1},
+            }),  # fmt: skip
             "Readiness": _object(
                 {
                     "status": {"type": "string", "enum": ["ready", "unavailable"]},
@@ -232,6 +240,40 @@ def _probe(name: str, tag: str, summary: str, responses: dict[str, Any]) -> dict
     }
 
 
+def _page(name: str, summary: str, media_type: str) -> dict[str, Any]:
+    """A file of the dashboard (tornado_admin/static): GET and HEAD, no credentials, a strict CSP."""
+    page = {
+        "description": "The file, with `Cache-Control: no-cache` and an `ETag`, a strict "
+        "`Content-Security-Policy` (no inline script) and `X-Content-Type-Options: nosniff`.",
+        "headers": {"Cache-Control": _header("Revalidate before reuse.", _fixed("no-cache")),
+                    "ETag": _header("The file's version.", {"type": "string"})},
+        "content": {media_type: {"schema": {"type": "string"}}},
+    }  # fmt: skip
+    responses = {"200": page, "304": {"description": "`If-None-Match` named the current ETag."},
+                 "400": _ref("responses", "BadRequest"), "405": _method_not_allowed("GET", "HEAD")}
+    return {
+        "get": _operation(f"get{name}", "dashboard", summary, responses, security=[]),
+        "head": _operation(f"head{name}", "dashboard", f"{summary} HEAD: no body.", responses, security=[]),
+    }
+
+
+def _metrics(settings: Settings, admin: list[dict[str, list]]) -> dict[str, Any]:
+    """`GET /metrics` (docs/metrics.md): the admin token unless METRICS_PUBLIC=true."""
+    ok = {
+        "description": "Prometheus text format 0.0.4 (`text/plain; version=0.0.4; charset=utf-8`), "
+        "metric names prefixed `tornado_admin_`; counters are this process's.",
+        "headers": {"Cache-Control": _ref("headers", "CacheControl")},
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    responses = {"200": ok, "400": _ref("responses", "BadRequest"), "405": _method_not_allowed("GET")}
+    if not settings.metrics_public:  # the admin routes' refusals, the job store's 503 aside
+        responses |= {code: r for code, r in _admin_responses("admin").items() if code != "503"}
+    state = "public (`METRICS_PUBLIC=true`)" if settings.metrics_public else "behind the admin token"
+    return {"get": _operation("getMetrics", "probes", "Metrics for Prometheus.", responses,
+                              security=[] if settings.metrics_public else admin,
+                              description=f"On this server the route is {state}.")}
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The document `GET /api/openapi.json` serves: every route, status, header and body."""
     admin, cron = [{"adminToken": []}], [{"cronSecret": []}]
@@ -256,6 +298,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "503": _response("Not ready: `checks` names what did not answer.", _ref("schemas", "Readiness")),
     }  # fmt: skip
     this = {"200": _response("This document.", {"type": "object", "required": ["openapi", "info", "paths"]})}
+    status = {
+        "200": _response("How fresh the market data is (docs/dashboard.md); readable from any origin.",
+                         _ref("schemas", "Status"), **{"Access-Control-Allow-Origin": _header(
+                             "Any origin may read it: it holds no secret.", _fixed("*"))}),
+        "503": _ref("responses", "StoreUnavailable"),
+    }  # fmt: skip
     return copy.deepcopy({  # no shared sub-objects, so that a consumer may edit one operation
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -264,7 +312,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "description": "Admin API of the EVE Online market-order server: trigger and follow the "
             "fetch-market-data job; health and readiness probes. Bodies are compact JSON.",
         },
-        "tags": [{"name": "admin"}, {"name": "cron"}, {"name": "probes"}, {"name": "meta"}],
+        "tags": [{"name": "admin"}, {"name": "cron"}, {"name": "probes"}, {"name": "meta"},
+                 {"name": "dashboard"}],
         "paths": {
             "/api/admin/trigger-fetch": {
                 "post": _operation(
@@ -300,7 +349,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "/healthz": _probe("Health", "probes", "Liveness; no auth.", health),
             "/readyz": _probe("Ready", "probes", "Readiness; no auth.", ready),
+            "/metrics": _metrics(settings, admin),
             "/api/openapi.json": _probe("OpenApi", "meta", "This document; no auth.", this),
+            "/api/status": _probe("Status", "probes", "Data freshness; no auth, no secrets.", status),
+            "/admin": _page("Dashboard", "The dashboard page; it asks for the admin token.", "text/html"),
+            "/admin/admin.js": _page("DashboardScript", "The dashboard's script.", "text/javascript"),
+            "/admin/admin.css": _page("DashboardStyle", "The dashboard's style sheet.", "text/css"),
         },
         "components": _components(),
     })  # fmt: skip

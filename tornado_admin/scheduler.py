@@ -27,6 +27,22 @@ STOP_TIMEOUT_SECONDS = 5.0
 STARTUP_DELAY_SECONDS = 5.0  # let the server settle (and readyz answer) before a catch-up run
 
 
+class SteadyPeriodicCallback(PeriodicCallback):
+    """A PeriodicCallback that keeps ticking when the wall clock steps back.
+
+    Tornado measures the schedule on `IOLoop.time()`, which is `time.time()`: after a step back
+    of D it would wait D longer for the next tick (Tornado's own comment says so), a day's step
+    stopping the schedule for a day. A next tick further away than one interval can only mean
+    such a step, so the schedule restarts from now. A forward step needs nothing: Tornado skips
+    the missed ticks and fires once.
+    """
+
+    def _update_next(self, current_time: float) -> None:
+        if self._next_timeout - current_time > self.callback_time / 1000.0:
+            self._next_timeout = current_time
+        super()._update_next(current_time)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -39,13 +55,13 @@ class Scheduler:
         self._runner, self._clock = runner, clock
         self._interval_ms = round(interval_seconds * 1000)
         self._startup_delay_seconds = startup_delay_seconds
-        self._callback: PeriodicCallback | None = None
+        self._callback: SteadyPeriodicCallback | None = None
         self._pending: set[asyncio.Task] = set()
         self._skipped_for: str | None = None  # the running job a skip was last logged for
         self._startup_handle: object | None = None
 
     def start(self) -> None:
-        self._callback = PeriodicCallback(self._spawn_tick, self._interval_ms)
+        self._callback = SteadyPeriodicCallback(self._spawn_tick, self._interval_ms)
         self._callback.start()
         self._startup_handle = IOLoop.current().call_later(
             self._startup_delay_seconds, lambda: self._spawn(self.catch_up())

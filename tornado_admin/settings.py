@@ -56,6 +56,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3000
     log_level: str = "info"
+    metrics_public: bool = False  # GET /metrics without the admin token
 
     def __repr__(self) -> str:  # tokens and URL passwords must never reach a log line
         return f"Settings(database={redact_url(self.database_url)}, store={redact_url(self.job_store_url)})"
@@ -120,6 +121,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         host=get("HOST") or "127.0.0.1",
         port=_int("PORT", get("PORT"), 3000, 0, 65535),
         log_level=_choice("LOG_LEVEL", (get("LOG_LEVEL") or "info").lower(), LOG_LEVELS),
+        metrics_public=_bool("METRICS_PUBLIC", get("METRICS_PUBLIC"), False),
     )
 
 

@@ -92,6 +92,10 @@ class EsiClient:
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         **kwargs,
     ) -> EsiClient:
+        if timeout.total is None:
+            # Per-read timeouts alone let a server that trickles a byte at a time hold a request
+            # (and so a region, and the job) forever: every request needs a deadline of its own.
+            raise ValueError("ESI requests need a total timeout")
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
             timeout=timeout,
@@ -159,6 +163,8 @@ class EsiClient:
                 async with self._session.get(url, params=params, headers=headers) as resp:
                     self.status_counts[resp.status] += 1
                     self.gate.observe(resp.status, resp.headers)
+                    if resp.status == 200:
+                        _check_json(resp.headers.get("Content-Type"))
                     if resp.status in (200, 304):
                         body = await self._read_body(resp) if resp.status == 200 else b""
                         return _response(resp, body)
@@ -199,10 +205,21 @@ class _TransientError(Exception):
         return EsiStatusError(self.status, message)
 
 
+def _check_json(content_type: str | None) -> None:
+    """A 200 whose body is declared as something else than JSON (a proxy's or captive portal's HTML
+    page, a wrong ESI_API_BASE_URL) fails at once with a message saying so, body unread."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media and not media.endswith(("/json", "+json")):
+        raise EsiStatusError(200, f"HTTP 200 with Content-Type {_printable(media)[:60]!r}, not JSON")
+
+
 def _response(resp: aiohttp.ClientResponse, body: bytes) -> EsiResponse:
     headers = resp.headers
     pages = headers.get("X-Pages")
-    if pages is not None and not (pages.isdigit() and 1 <= int(pages) <= MAX_PAGES):
+    if pages == "0":
+        pages = None  # no page count for a page we hold: read as absent, i.e. this page alone
+    # isascii: "²" is a digit to isdigit() but not to int().
+    if pages is not None and not (pages.isascii() and pages.isdigit() and 1 <= int(pages) <= MAX_PAGES):
         raise EsiStatusError(resp.status, f"X-Pages {pages[:20]!r} is not a page count from 1 to {MAX_PAGES}")
     etag = headers.get("ETag")
     return EsiResponse(
@@ -238,11 +255,21 @@ def _error_detail(body: bytes) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         message = None
     if isinstance(message, str) and message:
-        return message[:200]
+        return _printable(message[:200])  # it reaches logs, job bodies and the CLI's terminal
     return "non-JSON error body" if body else "empty error body"
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}"[:200]
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # aiohttp's parser refused the answer; its message quotes the offending bytes, which are
+        # noise (or worse) in a job's error field: keep its first line.
+        first_line = (exc.message or "").strip().partition("\n")[0].rstrip(":")
+        return f"invalid HTTP response ({_printable(first_line)[:100]})"
+    return _printable(f"{type(exc).__name__}: {exc}")[:200]
+
+
+def _printable(text: str) -> str:
+    """Text from the wire, safe for a job's error field and a log line."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

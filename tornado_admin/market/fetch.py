@@ -215,8 +215,8 @@ class _Sweep:
                 fetched_at=from_ms(self.clock.now_ms()),
                 etags=etags,
             )
-            self._check_may_write()
-            count = await writer.commit(meta)
+            self._check_may_write()  # early; commit asks again once it holds the write lock
+            count = await writer.commit(meta, self.may_write)
         except BaseException:
             await writer.abort()
             raise
@@ -328,6 +328,8 @@ def _http_date(value: str | None) -> dt.datetime | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        # In UTC, as stored: a header date that leaves the calendar once in UTC (31 Dec 9999 at
+        # -2359) or never was in it (year 99999999999) is no date, not a failed sweep.
+        return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

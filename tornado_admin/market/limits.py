@@ -105,7 +105,7 @@ def retry_after_seconds(value: str | None) -> float:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year past any integer
         return DEFAULT_RETRY_AFTER_SECONDS
     if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are UTC
         when = when.replace(tzinfo=dt.UTC)
@@ -114,7 +114,8 @@ def retry_after_seconds(value: str | None) -> float:
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     """A small non-negative integer header; None when absent or not one (never raises)."""
-    value = headers.get(name)
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 9:
+    value = (headers.get(name) or "").strip()
+    # isascii: "²" is a digit to isdigit() but not to int(), and a raise here would end the sweep.
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         return None
     return int(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,6 +23,16 @@ MAX_REGION_WRITERS = 16
 
 class OrderStoreError(Exception):
     """The market database failed (unreachable, disk full, ...): the sweep cannot go on."""
+
+
+class WriteWithdrawnError(OrderStoreError):
+    """The writer's `may_write` said no at commit time: rolled back, nothing written."""
+
+
+def check_may_write(may_write: Callable[[], bool] | None) -> None:
+    """Inside a commit's transaction, as its last step: raise `WriteWithdrawnError` if refused."""
+    if may_write is not None and not may_write():
+        raise WriteWithdrawnError("the job's lease may have lapsed: region not committed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +67,14 @@ class RegionWriter(ABC):
         Raises `MalformedPageError` (nothing of the page staged) or `OrderStoreError`."""
 
     @abstractmethod
-    async def commit(self, meta: RegionMeta) -> int:
+    async def commit(self, meta: RegionMeta, may_write: Callable[[], bool] | None = None) -> int:
         """Replace the region's orders by the staged ones (duplicate order ids kept once; an id
         already held by another region stays there) and record `meta`, in one transaction.
-        Returns the number of orders the region now holds."""
+        Returns the number of orders the region now holds.
+
+        `may_write` is asked inside the transaction, right before it commits: after any wait for
+        a lock, so a writer frozen or stalled while another took its job over writes nothing.
+        False rolls back and raises `WriteWithdrawnError`."""
 
     @abstractmethod
     async def abort(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+from collections.abc import Callable
 
 import asyncpg
 
@@ -14,6 +16,7 @@ from tornado_admin.market.orders import (
     RegionMeta,
     RegionState,
     RegionWriter,
+    check_may_write,
 )
 from tornado_admin.market.pages import FIELDS, parse_page
 from tornado_admin.settings import redact_url
@@ -68,6 +71,7 @@ ON CONFLICT (region_id) DO UPDATE SET last_modified = excluded.last_modified,
     fetched_at = excluded.fetched_at, etags = excluded.etags
 """
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_LOST = re.compile(r"released back to the pool|connection is closed")
 
 
 class PostgresOrderStore(OrderStore):
@@ -98,7 +102,7 @@ class PostgresOrderStore(OrderStore):
         try:
             return await self._pool.fetch(query, *args)
         except _DB_ERRORS as exc:
-            raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+            raise _failed(exc) from None
 
     async def region_states(self) -> dict[int, RegionState]:
         rows = await self._fetch(
@@ -111,7 +115,7 @@ class PostgresOrderStore(OrderStore):
         try:
             conn = await self._pool.acquire()
         except _DB_ERRORS as exc:
-            raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+            raise _failed(exc, region_id) from None
         writer = _PostgresRegionWriter(self._pool, conn, region_id)
         try:
             # A temp table per connection, kept for its life: no catalog churn per region.
@@ -119,7 +123,7 @@ class PostgresOrderStore(OrderStore):
         except BaseException as exc:  # cancellation too: the connection must go back to the pool
             await writer.abort()
             if isinstance(exc, _DB_ERRORS):
-                raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+                raise _failed(exc, region_id) from None
             raise
         return writer
 
@@ -167,10 +171,10 @@ class _PostgresRegionWriter(RegionWriter):
                     "staging_orders", records=page.typed_rows(), columns=FIELDS
                 )
         except _DB_ERRORS as exc:
-            raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+            raise _failed(exc, self._region_id) from None
         return len(page)
 
-    async def commit(self, meta: RegionMeta) -> int:
+    async def commit(self, meta: RegionMeta, may_write: Callable[[], bool] | None = None) -> int:
         conn = self._conn
         try:
             async with self._lock, conn.transaction():
@@ -181,9 +185,10 @@ class _PostgresRegionWriter(RegionWriter):
                     _UPSERT_REGION, self._region_id, meta.last_modified, meta.expires, count,
                     meta.fetched_at, list(meta.etags),
                 )
+                check_may_write(may_write)  # after any wait for the region's row locks
             await conn.execute("TRUNCATE staging_orders")
         except _DB_ERRORS as exc:
-            raise OrderStoreError(f"market database error: {_describe(exc)}") from None
+            raise _failed(exc, self._region_id) from None
         finally:
             await self.abort()
         return count
@@ -209,6 +214,16 @@ def _tupled(rows: list[asyncpg.Record]) -> list[dict]:
     return out
 
 
+def _failed(exc: BaseException, region_id: int | None = None) -> OrderStoreError:
+    where = f" in region {region_id}" if region_id is not None else ""
+    return OrderStoreError(f"market database error{where}: {_describe(exc)}")
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.InterfaceError) and _LOST.search(str(exc)):
+        # asyncpg hands a connection back to its pool the moment the server drops it, so the
+        # next call on it says "released back to the pool" or "connection is closed", which
+        # reads like our own misuse: the cause is the server restarting or going away.
+        return "the connection to the database was lost (the server closed it)"
     # asyncpg messages name the server and database, never the password; keep them short.
     return f"{type(exc).__name__}: {exc}"[:300]

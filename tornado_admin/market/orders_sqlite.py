@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,10 +26,12 @@ from tornado_admin.market.orders import (
     RegionMeta,
     RegionState,
     RegionWriter,
+    check_may_write,
 )
 from tornado_admin.market.pages import FIELDS, parse_page
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS market_orders (
@@ -94,9 +97,9 @@ class SqliteOrderStore(OrderStore):
     async def _setup(self) -> None:
         await set_up(self._conn, SCHEMA, busy_timeout_ms=BUSY_TIMEOUT_MS)
 
-    async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def _run(self, work: Callable[[], Awaitable[T]], region_id: int | None = None) -> T:
         """Run `work` alone on the connection, shielded from cancellation so that a transaction
-        it opens always ends; database errors become `OrderStoreError`."""
+        it opens always ends; database errors become `OrderStoreError` naming `region_id`."""
 
         async def locked() -> T:
             async with self._lock:
@@ -106,10 +109,17 @@ class SqliteOrderStore(OrderStore):
                     if self._conn.in_transaction:
                         await self._conn.rollback()
                     if isinstance(exc, sqlite3.Error):
-                        raise OrderStoreError(f"market database error: {exc}") from None
+                        raise OrderStoreError(_describe(exc, region_id)) from None
                     raise
 
-        return await asyncio.shield(locked())
+        inner = asyncio.ensure_future(locked())
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            # The work goes on without its caller: its failure (a commit withdrawn) is logged
+            # here, or asyncio would log "Task exception was never retrieved".
+            inner.add_done_callback(_log_orphan)
+            raise
 
     async def region_states(self) -> dict[int, RegionState]:
         async def read() -> list[sqlite3.Row]:
@@ -128,7 +138,7 @@ class SqliteOrderStore(OrderStore):
             await self._conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             await self._conn.execute(f"CREATE TEMP TABLE {table} ({_COLUMNS})")
 
-        await self._run(create)
+        await self._run(create, region_id)
         return _SqliteRegionWriter(self, region_id, table)
 
     async def confirm_unchanged(
@@ -143,7 +153,7 @@ class SqliteOrderStore(OrderStore):
             row = await cursor.fetchone()
             return row[0] if row else 0
 
-        return await self._run(update)
+        return await self._run(update, region_id)
 
     async def count_orders(self, region_id: int | None = None) -> int:
         async def count() -> int:
@@ -191,10 +201,10 @@ class _SqliteRegionWriter(RegionWriter):
             await conn.executemany(self._stage_sql, rows())
             await conn.execute("COMMIT")
 
-        await self._store._run(stage)
+        await self._store._run(stage, self._region_id)
         return counted[0]
 
-    async def commit(self, meta: RegionMeta) -> int:
+    async def commit(self, meta: RegionMeta, may_write: Callable[[], bool] | None = None) -> int:
         conn = self._store._conn
 
         async def swap() -> int:
@@ -211,11 +221,12 @@ class _SqliteRegionWriter(RegionWriter):
                 (self._region_id, _text(meta.last_modified), _text(meta.expires), count,
                  _text(meta.fetched_at), json.dumps(meta.etags)),
             )
+            check_may_write(may_write)  # after BEGIN IMMEDIATE's wait for the write lock
             await conn.execute("COMMIT")
             await conn.execute(f"DROP TABLE temp.{self._table}")
             return count
 
-        return await self._store._run(swap)
+        return await self._store._run(swap, self._region_id)
 
     async def abort(self) -> None:
         conn = self._store._conn
@@ -227,6 +238,20 @@ class _SqliteRegionWriter(RegionWriter):
         # leftover first. ValueError: the connection is already closed.
         with contextlib.suppress(OrderStoreError, ValueError):
             await self._store._run(drop)
+
+
+def _log_orphan(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("Market database work failed after its caller was cancelled",
+                    extra={"error": str(task.exception())})
+
+
+def _describe(exc: sqlite3.Error, region_id: int | None) -> str:
+    # SQLite's message alone is vague ("disk I/O error"): the error name says which (a write
+    # failed: SQLITE_IOERR_WRITE; no space left: SQLITE_FULL), the region says where.
+    where = f" in region {region_id}" if region_id is not None else ""
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"market database error{where}: {exc}" + (f" ({name})" if name else "")
 
 
 def _text(when: dt.datetime | None) -> str | None:

@@ -1,0 +1,1 @@
+"""The dashboard's page, script and style sheet, served by tornado_admin/dashboard.py (package data)."""
