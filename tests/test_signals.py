@@ -260,7 +260,8 @@ def sigterm_with_a_request_in_flight(
     in_flight.sendall(b"}")
     answer = whole(read_to_end(in_flight))
     assert answer is not None
-    assert (answer["status"], answer["body"]["error"]) == (503, "Service Unavailable")
+    assert (answer["status"], answer["body"]) == (503, {
+        "error": "Service Unavailable", "message": "Server is shutting down, retry later"})
     assert "Retry-After" in answer["headers"]
     assert server.process.wait(timeout=10) == 0
 

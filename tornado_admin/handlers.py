@@ -25,6 +25,7 @@ from backends.base import (
 )
 from tornado_admin.auth import Verdict, check_bearer
 from tornado_admin.context import AppContext, job_body
+from tornado_admin.jobs import ShuttingDownError
 
 log = logging.getLogger("tornado_admin.api")
 
@@ -74,6 +75,10 @@ class JsonHandler(tornado.web.RequestHandler):
         self.clear_header("Allow")
         if isinstance(exc, JobNotFoundError):
             self.reply(404, NOT_FOUND)
+        elif isinstance(exc, ShuttingDownError):
+            self.reply(503, {"error": "Service Unavailable",
+                             "message": "Server is shutting down, retry later"},
+                       Retry_After=str(RETRY_AFTER_SECONDS))
         elif isinstance(exc, StoreUnavailableError):
             log.warning("Job store unavailable", extra={"path": self.request.path, "error": str(exc)})
             self.reply(503, {"error": "Service Unavailable", "message": "Job store unavailable, retry later"},

@@ -163,7 +163,11 @@ def _components() -> dict[str, Any]:
             "Throttled": _error("Too Many Requests", "Too many failed authentication attempts, retry later"),
             "Misconfiguration": _object({"error": _fixed("Server misconfiguration")}),
             "InternalError": _object({"error": _fixed("Internal Server Error")}),
-            "StoreUnavailable": _error("Service Unavailable", "Job store unavailable, retry later"),
+            "StoreUnavailable": _error(
+                "Service Unavailable",
+                "Job store unavailable, retry later",
+                "Server is shutting down, retry later",
+            ),
             "Health": _object({"status": _fixed("ok")}),
             "Status": _object({
                 "lastSuccessAt": {"type": "string", "format": "date-time", "nullable": True,
@@ -190,7 +194,7 @@ def _components() -> dict[str, Any]:
                 **{"Retry-After": _ref("headers", "RetryAfter")},
             ),
             "StoreUnavailable": _response(
-                "The job store did not answer.",
+                "The job store did not answer, or the server is shutting down.",
                 _ref("schemas", "StoreUnavailable"),
                 **{"Retry-After": _ref("headers", "RetryAfter")},
             ),
