@@ -82,3 +82,18 @@ class ServerProcess:
 
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.output().splitlines() if line.strip()]
+
+
+def read_terminal(controller: int) -> bytes:
+    """Everything a command wrote to a pseudo-terminal, until it exited and closed its side."""
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the command exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return output

@@ -23,7 +23,7 @@ from tests.api_helpers import TOKEN
 from tests.conftest import require_service
 from tests.redis_helpers import PrivateRedis
 from tests.secrets_sweep import secret
-from tests.server_helpers import ROOT, ServerProcess, free_port, server_env
+from tests.server_helpers import ROOT, ServerProcess, free_port, read_terminal, server_env
 from tornado_admin.fake_esi import FakeEsi
 
 WRONG_TOKEN = secret("wrong-admin-token-" + "w" * 30)  # the sweep looks for it in every output too
@@ -95,16 +95,7 @@ def test_trigger_wait_on_a_terminal_draws_a_bar_then_the_result(url, tmp_path):
         env=client_env(ADMIN_TOKEN=TOKEN), cwd=tmp_path, stdout=terminal, stderr=terminal,
     )
     os.close(terminal)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # the terminal closed: the command exited
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
+    output = read_terminal(controller)
     assert process.wait(timeout=30) == 0
     text = output.decode()
     assert_no_secret(text)

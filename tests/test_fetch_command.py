@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import run_aside
 from tests.secrets_sweep import secret
+from tests.server_helpers import read_terminal
 from tests.sweep_helpers import stored_rows
 from tornado_admin.fake_esi import FakeEsi
 
@@ -70,17 +71,8 @@ def test_fetch_on_a_terminal_shows_a_bar_and_a_summary(sqlite_url, tmp_path):
             env=command_env(sqlite_url, esi.url), stdout=terminal, stderr=terminal,
         )
         os.close(terminal)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closed: the command exited
-                break
-            if not chunk:
-                break
-            output += chunk
+        output = read_terminal(controller)
         process.wait(timeout=30)
-    os.close(controller)
     text = output.decode()
     assert process.returncode == 0
     assert "[##############################] 2/2 regions" in text
