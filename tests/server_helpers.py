@@ -16,6 +16,8 @@ from pathlib import Path
 from tests.api_helpers import TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every server log file, wherever its test put it: the secrets sweep reads them all.
+LOG_FILES: list[Path] = []
 SETTINGS = ("ADMIN_TOKEN", "CRON_SECRET", "JOB_STORE_URL", "DATABASE_URL", "LOG_LEVEL", "PORT", "HOST")
 
 
@@ -38,6 +40,7 @@ class ServerProcess:
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.port = int(env["PORT"])
         self.log_path = cwd / f"server-{self.port}.log"
+        LOG_FILES.append(self.log_path)
         # A file, not a pipe: an unread pipe could stall the server. Closed in stop() or teardown.
         self._log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(

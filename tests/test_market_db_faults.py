@@ -25,6 +25,7 @@ import pytest
 
 from tests.api_helpers import bearer
 from tests.conftest import FakeClock, require_service, run_aside
+from tests.secrets_sweep import secret
 from tests.server_helpers import ServerProcess, free_port, server_env
 from tests.sweep_helpers import expected_rows, run_sweep, stored_rows
 from tornado_admin.fake_esi import FakeEsi
@@ -266,7 +267,7 @@ def private_url(private_postgres) -> str:
             await conn.close()
 
     run_aside(create())
-    return f"{private_postgres.url('restart-secret-pw')}?search_path={schema}"
+    return f"{private_postgres.url(secret('restart-secret-pw'))}?search_path={schema}"
 
 
 CLEAR_RESTART_ERROR = re.compile(

@@ -14,6 +14,9 @@ LEAKS = {
     "stderr": "import sys; sys.stderr.write(TOKEN)",
     "log_record": "import logging; logging.getLogger('x').warning('token %s', TOKEN)",
     "log_file": "(tmp_path / 'server-1.log').write_text('{\"message\": \"%s\"}' % TOKEN)",
+    # A server's log outside tmp_path, registered as ServerProcess registers its own.
+    "server_log_elsewhere": "from tests.server_helpers import LOG_FILES; "
+                            "p = tmp_path.parent / 'elsewhere.log'; p.write_text(TOKEN); LOG_FILES.append(p)",
 }
 
 

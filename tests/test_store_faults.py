@@ -30,6 +30,7 @@ from backends.base import JobStatus, Trigger, open_store
 from tests.api_helpers import TOKEN
 from tests.conftest import require_service, run_aside
 from tests.redis_helpers import PrivateRedis
+from tests.secrets_sweep import secret
 from tests.server_helpers import ServerProcess, server_env
 from tornado_admin.fake_esi import FakeEsi
 
@@ -40,7 +41,7 @@ REDIS_TIMEOUT_SECONDS = 2  # backends/redis.py TIMEOUT_SECONDS
 BUSY_TIMEOUT_SECONDS = 5  # backends/sqlite.py BUSY_TIMEOUT_MS
 READY_TIMEOUT_SECONDS = 2  # handlers.py: how long /readyz waits for each check
 SLACK_SECONDS = 1.0
-REDIS_PASSWORD = "store-fault-password-17"
+REDIS_PASSWORD = secret("store-fault-password-17")
 UNAVAILABLE = {"error": "Service Unavailable", "message": "Job store unavailable, retry later"}
 LEASE_LAPSED = "Job lease lapsed before it could be renewed: stopping the work"
 TRIGGER = ("POST", "/api/admin/trigger-fetch")
@@ -132,8 +133,8 @@ def assert_work_resumes(server: ServerProcess, pid: int, timeout: float = 10) ->
 
 def assert_no_secret_logged(server: ServerProcess, *secrets: str) -> None:
     output = server.output()
-    for secret in (TOKEN, *secrets):
-        assert secret not in output
+    for value in (TOKEN, *secrets):
+        assert value not in output
 
 
 # -- Redis paused --------------------------------------------------------------------------------
