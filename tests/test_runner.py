@@ -14,6 +14,7 @@ from backends.base import (
     PeriodClaimed,
     Started,
     StoreUnavailableError,
+    SystemClock,
     Trigger,
 )
 from backends.memory import MemoryJobStore
@@ -314,3 +315,50 @@ async def test_a_start_in_flight_at_shutdown_is_interrupted_not_orphaned(flaky_r
     assert (job.status, job.error) == (JobStatus.FAILED, INTERRUPTED)
     with pytest.raises(ShuttingDownError):
         await flaky_runner.start(Trigger.MANUAL)
+
+
+@pytest.mark.gen_test
+async def test_without_renewals_the_work_stops_before_a_fast_store_clock_could_end_the_lease(
+    flaky_runner, flaky, work, clock
+):
+    # The store's clock (SystemClock) may run up to 1.25 times as fast as the monotonic clock
+    # while it catches up a wall-clock step: the runner must stop its work before even such a
+    # clock reaches the lease's end, or another run could start while this one still writes.
+    started = clock.monotonic()
+    await start(flaky_runner, work)
+    flaky.renew_error = StoreUnavailableError("down")
+    while flaky_runner.active:
+        await until(lambda: clock.waiting or not flaky_runner.active)
+        if flaky_runner.active:
+            clock.advance(0.5)
+            await asyncio.sleep(0)
+    stopped_after = clock.monotonic() - started
+    assert SystemClock.MAX_RATE == 1.25
+    assert stopped_after * 1.25 <= LEASE
+    assert stopped_after >= LEASE / 1.25 - 1  # and not needlessly early
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.finished: list[tuple[Trigger, JobStatus]] = []
+
+    def run_started(self, trigger: Trigger) -> None:
+        pass
+
+    def run_finished(self, trigger, status, result, seconds, progress) -> None:  # noqa: ANN001
+        self.finished.append((trigger, status))
+
+
+@pytest.mark.gen_test
+async def test_the_listener_hears_the_end_the_store_recorded_not_the_works(work, clock, io_loop):
+    store_clock = type(clock)(clock.ms)  # the store's clock alone moves past the lease
+    store = MemoryJobStore(store_clock, history_limit=10)
+    listener = RecordingListener()
+    runner = JobRunner(store, work, lease_seconds=LEASE, max_duration_seconds=MAX_DURATION, timer=clock)
+    runner.listener = listener
+    job_id = await start(runner, work)
+    store_clock.advance(LEASE + 1)
+    work.gate.set()  # the work completes, but its lease is gone when the runner records it
+    await runner.wait_idle()
+    assert (await store.get(job_id)).error == ABANDONED
+    assert listener.finished == [(Trigger.MANUAL, JobStatus.FAILED)]

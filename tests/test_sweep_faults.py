@@ -4,6 +4,7 @@ with a 200, oversized bodies, and cancellation at any point."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.sweep_helpers import expected_rows, market_requests, run_sweep, store
 from tornado_admin.fake_esi import RegionSpec
 from tornado_admin.market.esi import EsiClient
 from tornado_admin.market.fetch import fetch_all_regions
-from tornado_admin.market.orders import open_order_store
+from tornado_admin.market.orders import RegionMeta, WriteWithdrawnError, open_order_store
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -106,3 +107,29 @@ async def cancel_then_finish(esi, store, database_url, clock, regions, cancel_af
 
         result = await fetch_all_regions(client, store, concurrency=4, clock=clock)  # still usable
     assert result.to_dict()["errorCount"] == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_write_refused_inside_its_transaction_changes_nothing(
+    fake_esi, order_store, database_url, clock
+):
+    # `may_write` says no only once the transaction holds its locks (a writer that froze while
+    # another run took its job over): both kinds of region write roll back whole.
+    esi = await fake_esi({10000002: 1500})
+    await run_sweep(esi, order_store, clock)
+    before, states = await stored_rows(database_url), await order_store.region_states()
+    esi.update_region(10000002)
+    later = dt.datetime.fromtimestamp(clock.now_ms() / 1000 + 3600, dt.UTC)
+
+    writer = await order_store.begin_region(10000002)
+    for body in esi.page_bodies(10000002):
+        await writer.add_page(body)
+    with pytest.raises(WriteWithdrawnError):
+        await writer.commit(RegionMeta(later, later, later, ("a", "b")), lambda: False)
+    await writer.abort()
+    with pytest.raises(WriteWithdrawnError):
+        await order_store.confirm_unchanged(10000002, later, later, lambda: False)
+
+    assert await stored_rows(database_url) == before
+    assert await order_store.region_states() == states
+    assert await order_store.confirm_unchanged(10000002, later, later, lambda: True) == 1500

@@ -204,7 +204,7 @@ class JobRunner:
             await self._finish(run, JobStatus.FAILED, None, "internal error (supervision)")
         finally:
             self._runs.pop(run.lease.job_id, None)
-            if self.listener:  # a lost lease leaves `ended` at its default: failed
+            if self.listener:  # a lost lease or an unrecorded end leaves `ended` at its default: failed
                 self.listener.run_finished(run.trigger, *run.ended, self._timer.monotonic() - run.started,
                                            run.progress)
 
@@ -252,7 +252,6 @@ class JobRunner:
     ) -> None:
         fields = self._fields(run)
         kind = _KIND[run.trigger]
-        run.ended = (status, result)
         if run.progress:  # one last heartbeat, so the finished job keeps its final progress
             try:
                 run.lease = await self.store.renew(run.lease, lease_ms=self.lease_ms, progress=run.progress)
@@ -271,6 +270,7 @@ class JobRunner:
             # abandoned, still a clear end.
             log.error("Job result could not be recorded", extra={**fields, "error": str(exc)})
             return
+        run.ended = (status, result)  # only what the store recorded: otherwise it stays failed
         if status is JobStatus.COMPLETED:
             log.info("%s job completed successfully", kind, extra={**fields, "result": result})
         else:

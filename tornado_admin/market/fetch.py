@@ -254,7 +254,7 @@ class _Sweep:
         await _all(one(page) for page in range(2, pages + 1))
         self._check_may_write()
         count = await self.orders.confirm_unchanged(
-            region_id, self._expires(first), from_ms(self.clock.now_ms())
+            region_id, self._expires(first), from_ms(self.clock.now_ms()), self.may_write
         )
         return _Outcome(count, 0, False)
 

@@ -94,10 +94,15 @@ class OrderStore(ABC):
 
     @abstractmethod
     async def confirm_unchanged(
-        self, region_id: int, expires: dt.datetime | None, fetched_at: dt.datetime
+        self,
+        region_id: int,
+        expires: dt.datetime | None,
+        fetched_at: dt.datetime,
+        may_write: Callable[[], bool] | None = None,
     ) -> int:
         """ESI confirmed the region unchanged (all 304): move its expiry on, keep its orders.
-        Returns the number of orders the region holds."""
+        Returns the number of orders the region holds. `may_write` is asked inside the
+        transaction, as in `RegionWriter.commit`."""
 
     @abstractmethod
     async def count_orders(self, region_id: int | None = None) -> int:

@@ -128,13 +128,22 @@ class PostgresOrderStore(OrderStore):
         return writer
 
     async def confirm_unchanged(
-        self, region_id: int, expires: dt.datetime | None, fetched_at: dt.datetime
+        self,
+        region_id: int,
+        expires: dt.datetime | None,
+        fetched_at: dt.datetime,
+        may_write: Callable[[], bool] | None = None,
     ) -> int:
-        rows = await self._fetch(
-            "UPDATE market_regions SET expires = $2, fetched_at = $3 WHERE region_id = $1"
-            " RETURNING order_count",
-            region_id, expires, fetched_at,
-        )
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "UPDATE market_regions SET expires = $2, fetched_at = $3 WHERE region_id = $1"
+                    " RETURNING order_count",
+                    region_id, expires, fetched_at,
+                )
+                check_may_write(may_write)  # after any wait for the region's row lock
+        except _DB_ERRORS as exc:
+            raise _failed(exc, region_id) from None
         return rows[0]["order_count"] if rows else 0
 
     async def count_orders(self, region_id: int | None = None) -> int:

@@ -142,15 +142,23 @@ class SqliteOrderStore(OrderStore):
         return _SqliteRegionWriter(self, region_id, table)
 
     async def confirm_unchanged(
-        self, region_id: int, expires: dt.datetime | None, fetched_at: dt.datetime
+        self,
+        region_id: int,
+        expires: dt.datetime | None,
+        fetched_at: dt.datetime,
+        may_write: Callable[[], bool] | None = None,
     ) -> int:
         async def update() -> int:
+            await self._conn.execute("BEGIN IMMEDIATE")
             cursor = await self._conn.execute(
                 "UPDATE market_regions SET expires = ?, fetched_at = ? WHERE region_id = ?"
                 " RETURNING order_count",
                 (_text(expires), _text(fetched_at), region_id),
             )
             row = await cursor.fetchone()
+            await cursor.close()
+            check_may_write(may_write)  # after BEGIN IMMEDIATE's wait for the write lock
+            await self._conn.execute("COMMIT")
             return row[0] if row else 0
 
         return await self._run(update, region_id)
