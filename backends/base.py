@@ -100,6 +100,12 @@ class SystemClock:
             self._note(wall - now)
         return now
 
+    def offset_seconds(self) -> float:
+        """How far the wall clock is ahead of this clock (negative: behind); 0 but for a step
+        still being absorbed."""
+        now = self.now_ns()
+        return (self._wall_ns() - now) / 1e9
+
     def _note(self, gap: int) -> None:
         stepped = abs(gap) >= self.STEP_NS
         if stepped and not self._stepped:

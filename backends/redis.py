@@ -289,8 +289,10 @@ class RedisJobStore(JobStore):
         return reply
 
     async def last_success(self, job_name: str) -> Job | None:
+        key = f"{self._prefix}:success:{job_name}"
         try:
-            fields = await self._redis.hgetall(f"{self._prefix}:success:{job_name}")
+            # Shared: anonymous /api/status pollers cost one call at a time.
+            fields = await self._reads.run(("success", key), lambda: self._redis.hgetall(key))
         except UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
         return _job(fields) if fields else None

@@ -262,7 +262,8 @@ class SqliteJobStore(JobStore):
         async def work(conn: aiosqlite.Connection) -> Job | None:
             return await _fetch_job(conn, "WHERE job_name = ?", job_name, table="job_last_success")
 
-        return await self._read(work)
+        # Shared: anonymous /api/status pollers must not queue on the read connection.
+        return await self._reads.run(("last_success", job_name), lambda: self._read(work))
 
     async def note_auth_failure(self, client: str, *, window_ms: int) -> int:
         window = self.clock.now_ms() // window_ms

@@ -428,4 +428,5 @@ def test_the_server_wires_metrics_to_its_runner_and_esi_client(servers, tmp_path
     assert value(v, "tornado_admin_esi_requests_total", code="200") == esi.stats()["by_status"][200] == 3
     assert value(v, "tornado_admin_job_store_up") == 1
     assert 0 <= value(v, "tornado_admin_data_age_seconds") < 15
+    assert abs(value(v, "tornado_admin_clock_offset_seconds")) < 0.5  # no step being absorbed
     assert server.stop() == 0

@@ -123,17 +123,21 @@ class Metrics:
     async def exposition(self, context: AppContext) -> bytes:
         """The text of one scrape. Never raises for a store that is down or slow."""
         up, last = await _last_success(context)
-        snapshot = _Snapshot(up, last, context.clock.now_ms(), len(context.runner.active))
+        snapshot = _Snapshot(up, last, context.clock.now_ms(), len(context.runner.active),
+                             getattr(context.clock, "offset_seconds", lambda: None)())
         # No await from here on: this scrape's snapshot is the one generate_latest reads.
         self._scraped.snapshot = snapshot
         return generate_latest(self.registry)
 
 
 class _Snapshot:
-    __slots__ = ("in_progress", "last", "now_ms", "store_up")
+    __slots__ = ("clock_offset", "in_progress", "last", "now_ms", "store_up")
 
-    def __init__(self, store_up: bool, last: Job | None, now_ms: int, in_progress: int) -> None:
+    def __init__(
+        self, store_up: bool, last: Job | None, now_ms: int, in_progress: int, clock_offset: float | None
+    ) -> None:
         self.store_up, self.last, self.now_ms, self.in_progress = store_up, last, now_ms, in_progress
+        self.clock_offset = clock_offset
 
 
 class _ScrapeTime:
@@ -159,6 +163,10 @@ def _store_figures(s: _Snapshot) -> Iterator[Metric]:
                             "1 when the job store answered this scrape, 0 when not.", value=int(s.store_up))
     yield GaugeMetricFamily("tornado_admin_runs_in_progress", "Runs of this process still going.",
                             value=s.in_progress)
+    if s.clock_offset is not None:  # SystemClock: a wall-clock step still being absorbed
+        yield GaugeMetricFamily("tornado_admin_clock_offset_seconds",
+                                "Wall clock minus the clock job times use; not 0 while a step is absorbed.",
+                                value=s.clock_offset)
     if not s.store_up:
         return  # unknown, not stale: the data's age is left out rather than guessed
     if s.last is None or s.last.completed_ms is None:

@@ -105,7 +105,8 @@
           : "The server failed to answer (500 Internal Server Error); see its log.");
         return true;
       case 503:
-        showNotice(`The job store is unavailable (503): ${message || "retry later"}. Retrying.`);
+        // The server says why: its job store is down, or it is shutting down.
+        showNotice(`Service unavailable (503): ${message || "retry later"}. Retrying.`);
         return true;
       default:
         showNotice(`Unexpected answer from the server: ${answer.status} ${message}`.trim());
