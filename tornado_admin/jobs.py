@@ -180,8 +180,9 @@ class JobRunner:
         return {"jobId": run.lease.job_id, "jobName": self.job_name, "trigger": run.trigger.value}
 
     def _holds_lease(self, run: _Run) -> bool:
-        # A margin for the write about to happen: a region's swap takes a second or two.
-        margin = min(5.0, self._lease_seconds / 4)
+        # A margin for the COMMIT that follows the order store's last check, inside the region's
+        # transaction (tornado_admin/market/orders.py): milliseconds, even for a large region.
+        margin = min(2.0, self._lease_seconds / 10)
         return self._timer.monotonic() < run.lease_deadline - margin
 
     async def _supervise(self, run: _Run) -> None:
@@ -213,7 +214,7 @@ class JobRunner:
     ) -> tuple[JobStatus, Mapping[str, Any] | None, str | None] | None:
         """Renew the lease until the work ends; None when the lease was lost (nothing to record)."""
         deadline = self._timer.monotonic() + self._max_duration_seconds
-        interval = self._local_lease / 3
+        interval = self._lease_seconds / 3  # three tries within the local lease (lease / 1.25)
         while not work.done():
             now = self._timer.monotonic()
             wake = min(now + interval, deadline, run.lease_deadline)
