@@ -62,6 +62,25 @@ def test_fetch_runs_one_sweep_and_logs_json_lines(sqlite_url, tmp_path):
     assert len(run_aside(stored_rows(sqlite_url))) == 3500
 
 
+def test_fetch_gives_up_at_the_maximum_duration_leaving_regions_whole(sqlite_url, tmp_path):
+    esi = FakeEsi({10000002: 1000})
+    with esi.run_in_thread():
+        first = fetch(command_env(sqlite_url, esi.url), tmp_path)
+        first.communicate(timeout=30)
+        assert first.returncode == 0
+        before = run_aside(stored_rows(sqlite_url))
+        esi.update_region(10000002)
+        esi.set_latency(30)  # ESI hangs: only the maximum duration ends the command
+        started = time.monotonic()
+        process = fetch(command_env(sqlite_url, esi.url, JOB_MAX_DURATION_SECONDS="1"), tmp_path)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert time.monotonic() - started < 10
+    [line] = [x for x in json_lines(err) if x["message"] == "Market sweep could not run"]
+    assert line["error"] == "timed out after JOB_MAX_DURATION_SECONDS=1"
+    assert run_aside(stored_rows(sqlite_url)) == before
+
+
 def test_fetch_on_a_terminal_shows_a_bar_and_a_summary(sqlite_url, tmp_path):
     esi = FakeEsi({10000002: 2000, 10000043: 1000})
     controller, terminal = pty.openpty()

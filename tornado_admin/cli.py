@@ -236,14 +236,19 @@ async def run_fetch(settings: Settings, bar: ProgressBar | None) -> int:
             compatibility_date=settings.esi_compatibility_date,
             concurrency=settings.esi_concurrency,
         ) as esi:
-            result = await fetch_all_regions(
-                esi, store, region_ids=settings.esi_regions, concurrency=settings.esi_concurrency,
-                progress=bar.update if bar else _log_progress,
-            )
-    except SweepError as exc:
+            # The server's bound on a run bounds this one too: a stuck ESI cannot hold a cron
+            # job's `fetch` for hours. A cancelled sweep leaves whole regions.
+            async with asyncio.timeout(settings.job_max_duration_seconds):
+                result = await fetch_all_regions(
+                    esi, store, region_ids=settings.esi_regions, concurrency=settings.esi_concurrency,
+                    progress=bar.update if bar else _log_progress,
+                )
+    except (SweepError, TimeoutError) as exc:
         if bar:
             bar.finish()
-        log.error("Market sweep could not run", extra={"error": str(exc)})
+        error = str(exc) if isinstance(exc, SweepError) else (
+            f"timed out after JOB_MAX_DURATION_SECONDS={settings.job_max_duration_seconds}")
+        log.error("Market sweep could not run", extra={"error": error})
         return 1
     finally:
         await store.close()

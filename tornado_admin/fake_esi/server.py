@@ -137,6 +137,11 @@ class FakeEsi:
             region.page1_seen = region.flipped = False
             region.transient_left = faults.TRANSIENT_503_COUNT if fault == "transient503" else 0
 
+    def set_latency(self, seconds: float) -> None:
+        """Make every request from now on wait `seconds` before its answer."""
+        with self._lock:
+            self._latency_seconds = seconds
+
     def page_bodies(self, region_id: int) -> list[bytes]:
         """The region's pages as served, for benchmarks that write without HTTP."""
         with self._lock:
