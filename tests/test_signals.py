@@ -4,7 +4,6 @@ its new ones, never a mix, and every run must end recorded as the contract says.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import platform
@@ -13,7 +12,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,124 +21,20 @@ from tests.api_helpers import TOKEN
 from tests.conftest import require_service
 from tests.redis_helpers import drop_redis_keys, redis_url_for_test
 from tests.server_helpers import ServerProcess, free_port, server_env
+from tests.signal_helpers import (
+    AUTH,
+    LEASE_SECONDS,
+    GatedEsi,
+    finished,
+    held,
+    job,
+    messages,
+    poll,
+    region_rows,
+    served,
+    trigger,
+)
 from tests.wire import connect, http_request, read_to_end
-from tornado_admin.fake_esi import FakeEsi
-
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-LEASE_SECONDS = 3
-
-
-# -- a fake ESI that holds chosen pages ----------------------------------------------------------
-
-
-class Gate:
-    """One held request: `arrived` once it is in, answered when the test calls `open`."""
-
-    def __init__(self) -> None:
-        self.arrived = threading.Event()
-        self._lock = threading.Lock()
-        self._opened = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    def open(self) -> None:
-        with self._lock:
-            self._opened = True
-            for loop, event in self._waiters:
-                loop.call_soon_threadsafe(event.set)
-
-    async def wait(self) -> None:
-        event = asyncio.Event()
-        with self._lock:
-            if self._opened:
-                event.set()
-            else:
-                self._waiters.append((asyncio.get_running_loop(), event))
-        self.arrived.set()
-        await event.wait()
-
-
-class GatedEsi(FakeEsi):
-    """The fake ESI, holding the next request for a (region, page) until the test opens its gate.
-    The answer is decided when the request arrives: a region updated meanwhile does not change
-    it, so a held walk stays consistent (and stale)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._gates: dict[tuple[int, int], Gate] = {}
-        self._all_gates: list[Gate] = []
-
-    def hold(self, region_id: int, page: int) -> Gate:
-        gate = Gate()
-        self._gates[(region_id, page)] = gate
-        self._all_gates.append(gate)
-        return gate
-
-    async def _serve(self, request, region_id, page, market, known=True):  # type: ignore[override]
-        gate = self._gates.pop((region_id, page), None)
-        response = await super()._serve(request, region_id, page, market, known)
-        if gate is not None:
-            await gate.wait()
-        return response
-
-    async def stop(self) -> None:
-        for gate in self._all_gates:  # a held request must not hold the shutdown too
-            gate.open()
-        await super().stop()
-
-
-# -- reading what the processes left behind ------------------------------------------------------
-
-
-def poll(condition: Callable[[], object], *, timeout: float = 10, what: str = "condition",
-         interval: float = 0.01) -> None:
-    """Wait for another process to reach a state (there is no event to wait on across processes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: never happened"
-        time.sleep(interval)
-
-
-def held(database: Path) -> dict[int, set[int]]:
-    """region_id -> the order ids the market database holds for it."""
-    with contextlib.closing(sqlite3.connect(database)) as conn:
-        rows = conn.execute("SELECT region_id, order_id FROM market_orders").fetchall()
-    out: dict[int, set[int]] = {}
-    for region_id, order_id in rows:
-        out.setdefault(region_id, set()).add(order_id)
-    return out
-
-
-def region_rows(database: Path) -> dict[int, tuple]:
-    with contextlib.closing(sqlite3.connect(database)) as conn:
-        rows = conn.execute(
-            "SELECT region_id, last_modified, order_count, fetched_at, etags FROM market_regions"
-        )
-        return {row[0]: row[1:] for row in rows}
-
-
-def served(esi: FakeEsi, region_id: int) -> set[int]:
-    return {order["order_id"] for order in esi.orders(region_id)}
-
-
-def trigger(server: ServerProcess) -> str:
-    code, body = server.request("/api/admin/trigger-fetch", "POST", AUTH)
-    assert code == 202, body
-    return body["jobId"]
-
-
-def job(server: ServerProcess, job_id: str) -> dict:
-    code, body = server.request(f"/api/admin/job-status/{job_id}", headers=AUTH)
-    assert code == 200, body
-    return body
-
-
-def finished(server: ServerProcess, job_id: str, timeout: float = 20) -> dict:
-    poll(lambda: job(server, job_id)["status"] != "running", timeout=timeout, what=f"job {job_id} ending")
-    return job(server, job_id)
-
-
-def messages(server: ServerProcess, job_id: str) -> list[str]:
-    return [line["message"] for line in server.lines() if line.get("jobId") == job_id]
 
 
 @pytest.fixture
@@ -380,6 +275,24 @@ def sleeping_in_a_thread(pid: int) -> bool:
     return False
 
 
+def stop(process) -> None:  # noqa: ANN001
+    """SIGSTOP, then wait until every thread is stopped: kill() returns before a thread running on
+    the other core has stopped, and such a thread could still take the lock about to be freed."""
+    process.send_signal(signal.SIGSTOP)
+    tasks = Path(f"/proc/{process.pid}/task")
+
+    def all_stopped() -> bool:
+        states = []
+        for task in tasks.iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):  # the thread ended meanwhile
+                continue
+        return all(state in ("T", "t") for state in states)
+
+    poll(all_stopped, what="every thread stopped", interval=0.001)
+
+
 @pytest.mark.parametrize(("job_store_url", "frozen_at"), [
     ("sqlite", "walk"), ("redis", "walk"), ("redis", "commit"),
 ], indirect=["job_store_url"])
@@ -410,7 +323,7 @@ def test_sigstop_past_the_lease_then_sigcont_writes_nothing_after_the_takeover(
             assert gate.arrived.wait(10)
             if frozen_at == "commit":
                 poll(lambda: sleeping_in_a_thread(a.process.pid), what="A waiting for the write lock")
-            a.process.send_signal(signal.SIGSTOP)
+            stop(a.process)
             if lock.in_transaction:
                 lock.execute("ROLLBACK")
         try:
@@ -468,7 +381,7 @@ def test_a_run_whose_start_was_frozen_counts_its_lease_from_before_the_freeze(se
                 a_trigger.sendall(http_request("POST", "/api/admin/trigger-fetch",
                                                [f"Authorization: Bearer {TOKEN}"]))
                 poll(lambda: sleeping_in_a_thread(a.process.pid), what="A's start waiting")
-                a.process.send_signal(signal.SIGSTOP)
+                stop(a.process)
                 lock.execute("ROLLBACK")
             try:
                 # The lease has to pass in real time while A is frozen; nothing marks the moment.
