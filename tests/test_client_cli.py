@@ -263,6 +263,11 @@ def test_bad_arguments_exit_64_and_unknown_jobs_4(tmp_path, url):
     assert unknown.returncode == 4
     assert "not found" in unknown.stderr
     assert cli("status", "../jobs", "--url", url, cwd=tmp_path).returncode == 4  # stays one path segment
+    # One id in 32 starts with '-' (URL-safe base64): an id, not an unknown option.
+    for args in (["-" + "A" * 21, "--url", url], ["--wait", "-" + "A" * 21, "--url", url],
+                 ["--url", url, "--job-id=-" + "A" * 21]):
+        dashed = cli("status", *args, cwd=tmp_path)
+        assert (dashed.returncode, "not found" in dashed.stderr) == (4, True), dashed.stderr
 
 
 def test_a_job_store_outage_answers_503_and_exits_6(servers, tmp_path):

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from backends.base import is_job_id
 from tornado_admin import __version__
 from tornado_admin.client import (
     EXIT_CONFLICT,
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         "dev-token", help=f"write a random ADMIN_TOKEN to {LOCAL_ENV_FILE} unless one is set anywhere"
     )
     add_client_commands(commands)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(job_ids_as_values(sys.argv[1:] if argv is None else argv))
+    if args.command == "status":
+        args.job_id = args.job_id or args.job_id_option
+        if args.job_id is None:
+            parser.error("status: JOB_ID is required")
     if args.command in CLIENT_COMMANDS:
         return run_client(args)  # before the settings: a client needs only a URL and a token
     try:
@@ -131,9 +136,21 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
                               "(default 60)")
     commands.add_parser("trigger", parents=[connection, waiting], help="start a run on a running server")
     status_parser = commands.add_parser("status", parents=[connection, waiting], help="show one job")
-    status_parser.add_argument("job_id", metavar="JOB_ID")
+    status_parser.add_argument("job_id", metavar="JOB_ID", nargs="?")
+    status_parser.add_argument("--job-id", dest="job_id_option", metavar="JOB_ID",
+                               help="the same, spelt as an option")
     jobs_parser = commands.add_parser("jobs", parents=[connection], help="list recent jobs, newest first")
     jobs_parser.add_argument("--limit", type=int, default=20, help="how many, 1 to 100 (default 20)")
+
+
+def job_ids_as_values(argv: list[str]) -> list[str]:
+    """Job ids are URL-safe base64, so one in 32 starts with '-', which argparse takes for an
+    unknown option: after `status`, such an id is passed on as `--job-id=ID`."""
+    if "status" not in argv:
+        return argv
+    at = argv.index("status")
+    return argv[: at + 1] + [f"--job-id={arg}" if arg.startswith("-") and is_job_id(arg) else arg
+                             for arg in argv[at + 1 :]]
 
 
 def _seconds(raw: str) -> float:
