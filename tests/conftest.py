@@ -7,7 +7,7 @@ import heapq
 import os
 import secrets
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,8 +178,8 @@ def servers() -> Iterator[Callable[..., ServerProcess]]:
     """Start server processes: `server = servers(env, cwd)`; killed at teardown if still up."""
     started: list[ServerProcess] = []
 
-    def start(env: dict[str, str], cwd: Path) -> ServerProcess:
-        server = ServerProcess(env, cwd)
+    def start(env: dict[str, str], cwd: Path, prefix: Sequence[str] = ()) -> ServerProcess:
+        server = ServerProcess(env, cwd, prefix)
         started.append(server)
         return server
 

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.api_helpers import TOKEN
@@ -37,14 +38,15 @@ def server_env(tmp_path: Path, esi_url: str = "http://127.0.0.1:9", **extra: str
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, prefix: Sequence[str] = ()) -> None:
+        """`prefix`: a command the server runs under (e.g. setpriv, to run as another user)."""
         self.port = int(env["PORT"])
         self.log_path = cwd / f"server-{self.port}.log"
         LOG_FILES.append(self.log_path)
         # A file, not a pipe: an unread pipe could stall the server. Closed in stop() or teardown.
         self._log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tornado_admin", "serve"], env=env, cwd=cwd,
+            [*prefix, sys.executable, "-m", "tornado_admin", "serve"], env=env, cwd=cwd,
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import Message
@@ -301,17 +301,6 @@ def unprivileged_prefix() -> list[str]:
     return prefix
 
 
-class UnprivilegedServer(ServerProcess):
-    """A ServerProcess started through a command prefix (see `unprivileged_prefix`)."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, prefix: Sequence[str]) -> None:
-        self.port = int(env["PORT"])
-        self.log_path = cwd / f"server-{self.port}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop() or by the fixture)
-        self.process = subprocess.Popen([*prefix, sys.executable, "-m", "tornado_admin", "serve"], env=env,
-                                        cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture
 def server_dir() -> Iterator[Path]:
     """A directory of the server's user, on a path that user can walk without help: SQLite checks
@@ -328,20 +317,10 @@ def server_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def unprivileged_servers() -> Iterator[Callable[[dict[str, str], Path], UnprivilegedServer]]:
+def unprivileged_servers(servers) -> Callable[[dict[str, str], Path], ServerProcess]:
+    """`servers`, run as TEST_USER (see `unprivileged_prefix`)."""
     prefix = unprivileged_prefix()
-    started: list[UnprivilegedServer] = []
-
-    def start(env: dict[str, str], cwd: Path) -> UnprivilegedServer:
-        started.append(UnprivilegedServer(env, cwd, prefix))
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
-        server._log.close()
+    return lambda env, cwd: servers(env, cwd, prefix)
 
 
 async def completed_job(url: str) -> str:
