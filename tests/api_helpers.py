@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from backends.memory import MemoryJobStore
 from tornado_admin.context import AppContext
@@ -66,3 +68,19 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 def body_of(response) -> dict[str, Any]:
     return json.loads(response.body)
+
+
+def fetcher(
+    http_client: AsyncHTTPClient, base_url: str, default_path: str = "/"
+) -> Callable[..., Awaitable[HTTPResponse]]:
+    """`await fetch(path, method=…, headers=…, body=…)` on the app under test: any method, the
+    path sent as given (no dot-segment removal), and the answer whatever its status."""
+
+    async def fetch(path: str = default_path, method: str = "GET", headers=None, body=None) -> HTTPResponse:
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        request = HTTPRequest(base_url + path, method=method, headers=headers, body=body,
+                              allow_nonstandard_methods=True)
+        return await http_client.fetch(request, raise_error=False)
+
+    return fetch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tornado.httpclient import HTTPRequest
 from tornado.httputil import HTTPHeaders
 
 from backends.base import JobStatus
@@ -17,6 +16,7 @@ from tests.api_helpers import (
     bearer,
     body_of,
     build_context,
+    fetcher,
 )
 from tornado_admin.app import make_app
 
@@ -58,14 +58,7 @@ def app(context):
 
 @pytest.fixture
 def fetch(http_client, base_url):
-    async def fetch(path: str, method: str = "GET", headers=None, body=None):
-        if body is None and method in ("POST", "PUT", "PATCH"):
-            body = b""
-        request = HTTPRequest(base_url + path, method=method, headers=headers, body=body,
-                              allow_nonstandard_methods=True)
-        return await http_client.fetch(request, raise_error=False)
-
-    return fetch
+    return fetcher(http_client, base_url)
 
 
 def assert_json(response, status: int, body: dict | None = None) -> None:

@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from tornado.httpclient import HTTPRequest
 
-from tests.api_helpers import TOKEN, GatedWork, bearer, body_of, build_context
+from tests.api_helpers import TOKEN, GatedWork, bearer, body_of, build_context, fetcher
 from tests.conftest import require_service
 from tests.server_helpers import ROOT, server_env
 from tornado_admin.app import make_app
@@ -43,13 +42,7 @@ def app(order_store, clock, io_loop):
 
 @pytest.fixture
 def fetch(http_client, base_url):
-    async def fetch(path: str, method: str = "GET", headers=None):
-        # Tornado's client sends the path as given: no dot-segment removal, no re-encoding.
-        request = HTTPRequest(base_url + path, method=method, headers=headers,
-                              body=b"" if method == "POST" else None, allow_nonstandard_methods=True)
-        return await http_client.fetch(request, raise_error=False)
-
-    return fetch
+    return fetcher(http_client, base_url)
 
 
 class PageAudit(html.parser.HTMLParser):

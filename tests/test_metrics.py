@@ -15,11 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import HTTPRequest
 from tornado.httputil import HTTPHeaders
 
 from backends.base import Trigger, open_store
-from tests.api_helpers import OTHER_TOKEN, TOKEN, GatedWork, bearer, body_of, build_context
+from tests.api_helpers import OTHER_TOKEN, TOKEN, GatedWork, bearer, body_of, build_context, fetcher
 from tests.conftest import until
 from tests.server_helpers import server_env
 from tests.sweep_helpers import COMPATIBILITY_DATE, FAST_RETRY, USER_AGENT
@@ -95,12 +94,7 @@ def app(request, app_kind):
 
 @pytest.fixture
 def fetch(http_client, base_url):
-    async def fetch(path: str = "/metrics", method: str = "GET", headers=None):
-        request = HTTPRequest(base_url + path, method=method, headers=headers,
-                              body=b"" if method == "POST" else None)
-        return await http_client.fetch(request, raise_error=False)
-
-    return fetch
+    return fetcher(http_client, base_url, "/metrics")
 
 
 @pytest.fixture
@@ -272,13 +266,10 @@ async def test_refusals_are_the_admin_routes_and_failures_are_counted(fetch, scr
 
 
 @pytest.mark.gen_test
-async def test_other_methods_are_405_before_the_credentials_are_read(http_client, base_url, scrape):
+async def test_other_methods_are_405_before_the_credentials_are_read(fetch, scrape):
     for method in ("HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "FOO"):
         for headers in ({}, bearer(), bearer(WRONG)):
-            request = HTTPRequest(base_url + "/metrics", method=method, headers=headers,
-                                  body=b"" if method in ("POST", "PUT", "PATCH") else None,
-                                  allow_nonstandard_methods=True)
-            response = await http_client.fetch(request, raise_error=False)
+            response = await fetch(method=method, headers=headers)
             assert (response.code, response.headers["Allow"]) == (405, "GET"), (method, response.body)
     # The wrong tokens above were never judged: none counted, no throttle.
     assert value(await scrape(), "tornado_admin_auth_failures_total", realm="admin", reason="invalid") == 0

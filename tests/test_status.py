@@ -6,10 +6,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from tornado.httpclient import HTTPRequest
 
 from backends.base import Trigger, open_store
-from tests.api_helpers import TOKEN, GatedWork, bearer, body_of, build_context
+from tests.api_helpers import TOKEN, GatedWork, bearer, body_of, build_context, fetcher
 from tests.conftest import require_service, until
 from tests.redis_helpers import PrivateRedis
 from tornado_admin.app import make_app
@@ -57,12 +56,7 @@ def app(request, store_kind):
 
 @pytest.fixture
 def fetch(http_client, base_url):
-    async def fetch(path: str = "/api/status", method: str = "GET", headers=None):
-        request = HTTPRequest(base_url + path, method=method, headers=headers,
-                              body=b"" if method == "POST" else None)
-        return await http_client.fetch(request, raise_error=False)
-
-    return fetch
+    return fetcher(http_client, base_url, "/api/status")
 
 
 async def run_to_the_end(context: AppContext, work: GatedWork, error: str | None = None) -> None:
