@@ -53,3 +53,11 @@ def job_body(job: Job, now_ms: int, live_progress: Mapping[str, Any] | None = No
     if job.error is not None:
         body["error"] = job.error
     return body
+
+
+def data_age_ms(last: Job | None, now_ms: int) -> int | None:
+    """How old the market data is: since the last successful run completed; None if none did.
+    Clamped at 0: another instance sharing the store may run a little ahead of this one's clock."""
+    if last is None or last.completed_ms is None:
+        return None
+    return max(0, now_ms - last.completed_ms)

@@ -13,7 +13,7 @@ import tornado.web
 
 from backends.base import Job
 from tornado_admin.clock import iso_ms
-from tornado_admin.context import AppContext
+from tornado_admin.context import AppContext, data_age_ms
 from tornado_admin.handlers import JsonHandler
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -106,11 +106,10 @@ class StatusHandler(JsonHandler):
 def status_body(last: Job | None, now_ms: int, interval_seconds: int) -> dict[str, Any]:
     """The `/api/status` body. With no successful run yet there is no data: that is stale too,
     so a front end's banner shows until the first run lands."""
-    if last is None or last.completed_ms is None:
+    age_ms = data_age_ms(last, now_ms)
+    if age_ms is None:
         return {"lastSuccessAt": None, "dataAgeSeconds": None, "stale": True,
                 "fetchIntervalSeconds": interval_seconds}  # fmt: skip
-    # Clamped: another instance sharing the store may run a little ahead of this one's clock.
-    age_ms = max(0, now_ms - last.completed_ms)
     return {
         "lastSuccessAt": iso_ms(last.completed_ms),
         "dataAgeSeconds": age_ms // 1000,

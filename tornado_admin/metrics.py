@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from backends.base import Job, JobStatus, Trigger
 from tornado_admin.auth import Verdict
+from tornado_admin.context import data_age_ms
 from tornado_admin.handlers import AdminHandler, JsonHandler
 
 if TYPE_CHECKING:
@@ -169,10 +170,11 @@ def _store_figures(s: _Snapshot) -> Iterator[Metric]:
                                 value=s.clock_offset)
     if not s.store_up:
         return  # unknown, not stale: the data's age is left out rather than guessed
-    if s.last is None or s.last.completed_ms is None:
+    age_ms = data_age_ms(s.last, s.now_ms)
+    if age_ms is None:
         age = math.inf  # no successful run ever: as stale as it gets, so age alerts fire
     else:
-        age = max(0, s.now_ms - s.last.completed_ms) / 1000  # another instance's clock may be ahead
+        age = age_ms / 1000
         yield GaugeMetricFamily("tornado_admin_last_success_timestamp_seconds",
                                 "When the newest successful run completed (any instance), Unix time.",
                                 value=s.last.completed_ms / 1000)
