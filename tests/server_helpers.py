@@ -11,12 +11,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tests.api_helpers import TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 # Every server log file, wherever its test put it: the secrets sweep reads them all.
 LOG_FILES: list[Path] = []
 SETTINGS = ("ADMIN_TOKEN", "CRON_SECRET", "JOB_STORE_URL", "DATABASE_URL", "LOG_LEVEL", "PORT", "HOST")
@@ -102,3 +104,14 @@ def read_terminal(controller: int) -> bytes:
         output += chunk
     os.close(controller)
     return output
+
+
+def poll(condition: Callable[[], T], *, timeout: float = 10, what: str = "condition",
+         interval: float = 0.01) -> T:
+    """Wait for another process to reach a state (there is no event to wait on across processes);
+    returns what `condition` returned once it was truthy."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: never happened"
+        time.sleep(interval)
+    return value

@@ -7,12 +7,10 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.api_helpers import TOKEN
-from tests.server_helpers import ServerProcess
+from tests.server_helpers import ServerProcess, poll
 from tornado_admin.fake_esi import FakeEsi
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -78,15 +76,6 @@ class GatedEsi(FakeEsi):
 
 
 # -- reading what the processes left behind ------------------------------------------------------
-
-
-def poll(condition: Callable[[], object], *, timeout: float = 10, what: str = "condition",
-         interval: float = 0.01) -> None:
-    """Wait for another process to reach a state (there is no event to wait on across processes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: never happened"
-        time.sleep(interval)
 
 
 def held(database: Path) -> dict[int, set[int]]:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.api_helpers import TOKEN
 from tests.conftest import require_service
-from tests.server_helpers import server_env
+from tests.server_helpers import poll, server_env
 from tornado_admin.fake_esi import FakeEsi
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,16 +28,6 @@ def libfaketime() -> str:
     require_service("libfaketime (Debian package faketime)",
                     FileNotFoundError(f"libfaketime.so.1 in none of {LIBRARY_DIRS}"))
     raise AssertionError("unreachable")
-
-
-def wait_for(condition, timeout: float = 20, message: str = ""):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting: {message}")
 
 
 def scheduled_runs(server) -> list[dict]:  # noqa: ANN001
@@ -66,21 +56,24 @@ def test_a_wall_clock_step_forward_and_back_neither_expires_a_lease_nor_bursts_r
         server = servers(env, tmp_path)
         server.wait_ready()
 
-        first = wait_for(lambda: next(iter(scheduled_runs(server)), None), message="a scheduled run")
+        slowly = {"timeout": 20, "interval": 0.1}  # each poll is a request the server logs
+
+        def ended(job_id: str) -> list[dict]:
+            return [j for j in scheduled_runs(server) if j["jobId"] == job_id and j["status"] != "running"]
+
+        first = poll(lambda: next(iter(scheduled_runs(server)), None), what="a scheduled run", **slowly)
         offset.write_text("+1d\n")  # forward a day, mid-run
-        done = wait_for(lambda: [j for j in scheduled_runs(server) if j["jobId"] == first["jobId"]
-                                 and j["status"] != "running"], message="the first run to end")
+        done = poll(lambda: ended(first["jobId"]), what="the first run to end", **slowly)
         assert (done[0]["status"], done[0].get("error")) == ("completed", None)
 
-        second = wait_for(lambda: [j for j in scheduled_runs(server) if j["status"] == "running"],
-                          message="the next scheduled run")[0]
+        second = poll(lambda: [j for j in scheduled_runs(server) if j["status"] == "running"],
+                      what="the next scheduled run", **slowly)[0]
         offset.write_text("+0\n")  # back a day, mid-run
         stepped_back_at = time.monotonic()
-        done = wait_for(lambda: [j for j in scheduled_runs(server) if j["jobId"] == second["jobId"]
-                                 and j["status"] != "running"], message="the second run to end")
+        done = poll(lambda: ended(second["jobId"]), what="the second run to end", **slowly)
         assert (done[0]["status"], done[0].get("error")) == ("completed", None)
         # The schedule goes on after the backward step (a wall-clock period would stall for a day).
-        wait_for(lambda: len(scheduled_runs(server)) >= 3, message="a scheduled run after the step back")
+        poll(lambda: len(scheduled_runs(server)) >= 3, what="a scheduled run after the step back", **slowly)
         elapsed = time.monotonic() - stepped_back_at
 
         runs = scheduled_runs(server)

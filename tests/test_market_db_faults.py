@@ -16,8 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -26,7 +25,7 @@ import pytest
 from tests.api_helpers import bearer
 from tests.conftest import FakeClock, require_service, run_aside
 from tests.secrets_sweep import secret
-from tests.server_helpers import ServerProcess, free_port, server_env
+from tests.server_helpers import ServerProcess, free_port, poll, server_env
 from tests.sweep_helpers import expected_rows, run_sweep, stored_rows
 from tornado_admin.fake_esi import FakeEsi
 from tornado_admin.market.fetch import SweepError, SweepProgress
@@ -145,19 +144,12 @@ def small_disk(tmp_path) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
-def poll(condition: Callable[[], bool], *, timeout: float = 20) -> None:
-    """Poll a server in another process (no event to wait on) until `condition()` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.02)
-
-
 def run_job(server: ServerProcess) -> dict:
     code, body = server.request("/api/admin/trigger-fetch", "POST", bearer())
     assert code == 202, body
     status = f"/api/admin/job-status/{body['jobId']}"
-    poll(lambda: server.request(status, headers=bearer())[1]["status"] != "running")
+    poll(lambda: server.request(status, headers=bearer())[1]["status"] != "running", timeout=20,
+         what="the run to end")
     return server.request(status, headers=bearer())[1]
 
 

@@ -20,7 +20,7 @@ import pytest
 from tests.api_helpers import TOKEN
 from tests.conftest import require_service
 from tests.redis_helpers import drop_redis_keys, redis_url_for_test
-from tests.server_helpers import ServerProcess, free_port, server_env
+from tests.server_helpers import ServerProcess, free_port, poll, server_env
 from tests.signal_helpers import (
     AUTH,
     LEASE_SECONDS,
@@ -29,7 +29,6 @@ from tests.signal_helpers import (
     held,
     job,
     messages,
-    poll,
     region_rows,
     served,
     trigger,
