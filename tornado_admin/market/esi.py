@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from tornado_admin.market.limits import LimitGate, RetryPolicy
+from tornado_admin.market.limits import LimitGate, RetryPolicy, count_value
 
 log = logging.getLogger(__name__)
 
@@ -215,17 +215,18 @@ def _check_json(content_type: str | None) -> None:
 
 def _response(resp: aiohttp.ClientResponse, body: bytes) -> EsiResponse:
     headers = resp.headers
-    pages = headers.get("X-Pages")
-    if pages == "0":
+    raw_pages = headers.get("X-Pages")
+    pages = count_value(raw_pages)
+    if pages == 0:
         pages = None  # no page count for a page we hold: read as absent, i.e. this page alone
-    # isascii: "²" is a digit to isdigit() but not to int().
-    if pages is not None and not (pages.isascii() and pages.isdigit() and 1 <= int(pages) <= MAX_PAGES):
-        raise EsiStatusError(resp.status, f"X-Pages {pages[:20]!r} is not a page count from 1 to {MAX_PAGES}")
+    elif raw_pages is not None and not (pages is not None and pages <= MAX_PAGES):
+        raise EsiStatusError(resp.status,
+                             f"X-Pages {raw_pages[:20]!r} is not a page count from 1 to {MAX_PAGES}")
     etag = headers.get("ETag")
     return EsiResponse(
         status=resp.status,
         body=body,
-        pages=int(pages) if pages is not None else None,
+        pages=pages,
         # Stored and sent back verbatim: anything but plain ASCII is not an ETag we can use.
         etag=etag if etag and _PRINTABLE_ASCII.fullmatch(etag) else None,
         last_modified=headers.get("Last-Modified"),

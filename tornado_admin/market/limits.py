@@ -114,8 +114,14 @@ def retry_after_seconds(value: str | None) -> float:
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     """A small non-negative integer header; None when absent or not one (never raises)."""
-    value = (headers.get(name) or "").strip()
-    # isascii: "²" is a digit to isdigit() but not to int(), and a raise here would end the sweep.
+    return count_value(headers.get(name))
+
+
+def count_value(value: str | None) -> int | None:
+    """A header's small non-negative integer (at most 9 ASCII digits); None when absent or not
+    one. Never raises: a hostile header must not end the sweep."""
+    value = (value or "").strip()
+    # isascii: "²" is a digit to isdigit() but not to int().
     if not (value.isascii() and value.isdigit()) or len(value) > 9:
         return None
     return int(value)
